@@ -1,0 +1,254 @@
+"""PaliGemma-2 and Gemma-3 behind one model protocol.
+
+Both families take the same inputs: `tokens` int32[B, T] in which every
+image soft token is a placeholder `image_token_id` (PaliGemma: all image
+tokens first; Gemma-3: a block between <start_of_image>/<end_of_image> per
+image), `images` f32[B, I, S, S, 3] in [-1, 1], `input_mask` bool[B, T] and
+`mask_ar` int32[B, T] (see `masks.py`). `auditdm_jax.prompts` builds them.
+The embedder replaces the placeholders, in order, by the I * M soft tokens.
+
+  model = Model(arch.get("paligemma2_tiny"))
+  params = model.init(jax.random.key(0))
+  emb = model.embed(params, tokens, input_mask, mask_ar, images)
+  logits = model.forward(params, emb)                       # [B, T, V]
+  last, cache = model.prefill(params, emb, cache_size=64)   # [B, V]
+  logits, cache = model.decode_step(params, next_tokens, cache)
+
+Callers (sampler, SFT, GRPO, eval) use only these methods and never branch
+on the family.
+
+Letters: B batch, T length, S cache length, I images per example, M soft
+tokens per image, W vision width, D model dim, V vocab, L layers, K kv heads,
+H head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from auditdm_jax.models import masks as masks_lib
+from auditdm_jax.models.config import ArchConfig
+from auditdm_jax.models.gemma import Decoder
+from auditdm_jax.models.layers import softcap
+from auditdm_jax.models.siglip import SigLIP
+
+# How the sliding window composes with bidirectional groups, per family,
+# matching the reference implementation (transformers).
+_WINDOW_COMPOSITION = {"paligemma2": "or", "gemma3": "and"}
+
+
+class VLM(nn.Module):
+  """The linen module; `Model` wraps it as pure functions of params."""
+  cfg: ArchConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    c = self.cfg
+    pool_norm = c.projector == "pool_norm"
+    self.llm = Decoder(
+        c.text, mm_width=c.vision.width if pool_norm else None,
+        mm_norm_eps=c.vision.norm_eps if c.vision else 1e-6,
+        dtype=self.dtype, remat=self.remat)
+    if c.vision is not None:
+      self.img = SigLIP(
+          c.vision, head_dim=c.text.embed_dim if c.projector == "linear" else None,
+          dtype=self.dtype, remat=self.remat)
+
+  def encode_images(self, images: jax.Array) -> jax.Array:
+    """images f32[B, I, S, S, 3] -> soft tokens [B, I * M, D]."""
+    c = self.cfg
+    if c.vision is None:
+      raise ValueError(f"{c.name} is text-only but images were given")
+    if images.ndim != 5:
+      raise ValueError(f"images must be [B, I, S, S, 3], got {images.shape}")
+    b, i = images.shape[:2]
+    feats = self.img(images.reshape((b * i,) + images.shape[2:]))  # [BI, N, W|D]
+    if c.projector == "pool_norm":
+      g, p = c.vision.grid, c.pool
+      feats = feats.reshape(b * i, g, g, -1)
+      feats = nn.avg_pool(feats.astype(jnp.float32), (p, p), strides=(p, p))
+      feats = feats.reshape(b * i, (g // p) ** 2, -1).astype(self.dtype)
+      feats = self.llm.embedder.project_image(feats)                # [BI, M, D]
+    return feats.reshape(b, i * feats.shape[1], -1)
+
+  def embed(self, tokens: jax.Array, images: Optional[jax.Array] = None):
+    """-> [B, T, D]: text embeddings with image placeholders replaced."""
+    x = self.llm.embedder.encode(tokens)
+    if images is None:
+      return x
+    soft = self.encode_images(images).astype(x.dtype)                # [B, IM, D]
+    is_img = tokens == self.cfg.image_token_id
+    idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, soft.shape[1] - 1)
+    gathered = jnp.take_along_axis(soft, idx[..., None], axis=1)     # [B, T, D]
+    return jnp.where(is_img[..., None], gathered, x)
+
+  def run(self, x, positions, masks, cache=None, write_index=0):
+    return self.llm(x, positions, masks, cache, write_index)
+
+  def unembed(self, hidden: jax.Array) -> jax.Array:
+    logits = self.llm.embedder.decode(hidden)
+    return softcap(logits, self.cfg.text.final_softcap)
+
+  def __call__(self, tokens, input_mask, mask_ar, images=None):
+    """Full forward (used for init): logits [B, T, V]."""
+    x = self.embed(tokens, images)
+    pos = masks_lib.positions_from_mask(input_mask)
+    m = masks_lib.attention_masks(input_mask, mask_ar, pos,
+                                  self.cfg.text.sliding_window,
+                                  _WINDOW_COMPOSITION[self.cfg.family])
+    h, _ = self.run(x, pos, (m[1], m[0]))
+    return self.unembed(h)
+
+
+@flax.struct.dataclass
+class Embedded:
+  """Embedded inputs. x [B, T, D]; input_mask bool[B, T]; mask_ar, positions int32[B, T]."""
+  x: jax.Array
+  input_mask: jax.Array
+  mask_ar: jax.Array
+  positions: jax.Array
+
+
+@flax.struct.dataclass
+class Cache:
+  """KV cache. k, v [L, B, S, K, H]; positions int32[B, S]; valid bool[B, S];
+  index: int32 next slot to write; next_pos int32[B] position of the next token."""
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+  valid: jax.Array
+  index: jax.Array
+  next_pos: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.k.shape[2]
+
+  def repeat(self, n: int) -> "Cache":
+    """Each batch row repeated n times (n samples from one prefill)."""
+    rep = lambda a, axis: jnp.repeat(a, n, axis=axis)
+    return Cache(k=rep(self.k, 1), v=rep(self.v, 1),
+                 positions=rep(self.positions, 0), valid=rep(self.valid, 0),
+                 index=self.index, next_pos=rep(self.next_pos, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """Pure-function protocol over `VLM`: embed / forward / prefill / decode_step.
+
+  dtype: compute (activation and cache) dtype; params keep their own dtype.
+  """
+  cfg: ArchConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @property
+  def module(self) -> VLM:
+    return VLM(self.cfg, self.dtype, self.remat)
+
+  @property
+  def window_composition(self) -> str:
+    return _WINDOW_COMPOSITION[self.cfg.family]
+
+  def dummy_inputs(self, batch: int = 1, length: int = 8):
+    """Minimal inputs that touch every parameter (for init / eval_shape)."""
+    tokens = jnp.zeros((batch, length), jnp.int32)
+    ones = jnp.ones((batch, length), bool)
+    images = None
+    if self.cfg.vision is not None:
+      s = self.cfg.vision.image_size
+      images = jnp.zeros((batch, 1, s, s, 3), jnp.float32)
+    return tokens, ones, ones.astype(jnp.int32), images
+
+  def init(self, rng: jax.Array):
+    """Random params (f32), as a plain nested dict."""
+    variables = self.module.init(rng, *self.dummy_inputs())
+    return variables["params"]
+
+  def abstract_params(self):
+    """ShapeDtypeStruct tree of the params, built without memory."""
+    return jax.eval_shape(self.init, jax.random.key(0))
+
+  def _apply(self, params, *args, method):
+    return self.module.apply({"params": params}, *args, method=method)
+
+  def embed(self, params, tokens, input_mask, mask_ar, images=None) -> Embedded:
+    tokens = jnp.asarray(tokens, jnp.int32)
+    input_mask = jnp.asarray(input_mask, bool)
+    if tokens.shape != input_mask.shape or tokens.shape != jnp.shape(mask_ar):
+      raise ValueError(f"tokens {tokens.shape}, input_mask {input_mask.shape} and "
+                       f"mask_ar {jnp.shape(mask_ar)} must have the same shape")
+    x = self._apply(params, tokens, images, method=VLM.embed)
+    return Embedded(x=x, input_mask=input_mask,
+                    mask_ar=jnp.asarray(mask_ar, jnp.int32),
+                    positions=masks_lib.positions_from_mask(input_mask))
+
+  def _masks(self, emb: Embedded):
+    glob, local = masks_lib.attention_masks(
+        emb.input_mask, emb.mask_ar, emb.positions,
+        self.cfg.text.sliding_window, self.window_composition)
+    return local, glob
+
+  def hidden(self, params, emb: Embedded) -> jax.Array:
+    """Final-norm hidden states [B, T, D]."""
+    h, _ = self._apply(params, emb.x, emb.positions, self._masks(emb),
+                       method=VLM.run)
+    return h
+
+  def unembed(self, params, hidden: jax.Array) -> jax.Array:
+    """hidden [..., D] -> soft-capped logits [..., V]."""
+    return self._apply(params, hidden, method=VLM.unembed)
+
+  def forward(self, params, emb: Embedded) -> jax.Array:
+    """Logits [B, T, V] (f32 when dtype is f32)."""
+    return self.unembed(params, self.hidden(params, emb))
+
+  def init_cache(self, batch: int, size: int) -> Cache:
+    t = self.cfg.text
+    shape = (t.num_layers, batch, size, t.num_kv_heads, t.head_dim)
+    return Cache(k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype),
+                 positions=jnp.zeros((batch, size), jnp.int32),
+                 valid=jnp.zeros((batch, size), bool),
+                 index=jnp.zeros((), jnp.int32),
+                 next_pos=jnp.zeros((batch,), jnp.int32))
+
+  def prefill(self, params, emb: Embedded, cache_size: int):
+    """Runs a left-padded prompt, returns (last-token logits [B, V], Cache)."""
+    b, t = emb.input_mask.shape
+    if cache_size < t:
+      raise ValueError(f"cache_size {cache_size} < prompt length {t}")
+    cache = self.init_cache(b, cache_size)
+    h, kv = self._apply(params, emb.x, emb.positions, self._masks(emb),
+                        {"k": cache.k, "v": cache.v}, 0, method=VLM.run)
+    logits = self.unembed(params, h[:, -1])
+    pad = ((0, 0), (0, cache_size - t))
+    cache = Cache(k=kv["k"], v=kv["v"],
+                  positions=jnp.pad(emb.positions, pad),
+                  valid=jnp.pad(emb.input_mask, pad),
+                  index=jnp.asarray(t, jnp.int32),
+                  next_pos=jnp.sum(emb.input_mask, -1).astype(jnp.int32))
+    return logits, cache
+
+  def decode_step(self, params, tokens: jax.Array, cache: Cache):
+    """One token per row: tokens int32[B] -> (logits [B, V], Cache)."""
+    x = self._apply(params, tokens[:, None], None, method=VLM.embed)  # [B, 1, D]
+    slot = cache.index
+    q_pos = cache.next_pos[:, None]                                   # [B, 1]
+    positions = jax.lax.dynamic_update_slice(cache.positions, q_pos, (0, slot))
+    valid = jax.lax.dynamic_update_slice(
+        cache.valid, jnp.ones_like(q_pos, bool), (0, slot))
+    glob, local = masks_lib.decode_masks(q_pos, positions, valid,
+                                         self.cfg.text.sliding_window)
+    h, kv = self._apply(params, x, q_pos, (local, glob),
+                        {"k": cache.k, "v": cache.v}, slot, method=VLM.run)
+    logits = self.unembed(params, h[:, 0])
+    return logits, Cache(k=kv["k"], v=kv["v"], positions=positions,
+                         valid=valid, index=slot + 1,
+                         next_pos=cache.next_pos + 1)
