@@ -186,3 +186,36 @@ def _gemma3_100m_text() -> ArchConfig:
       qk_norm=True, query_pre_attn_scalar=64.0)
   return ArchConfig(name="gemma3_100m_text", family="gemma3", text=text,
                     prompt_format="gemma3_chat")
+
+
+# --- Listing -----------------------------------------------------------------
+
+def param_count(cfg: ArchConfig) -> int:
+  """Number of parameters, from abstract shapes (no memory is allocated)."""
+  import math  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.models.vlm import Model  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves(Model(cfg).abstract_params())
+  return sum(math.prod(a.shape) for a in leaves)
+
+
+def main(argv=None) -> None:
+  """Prints every architecture with its parameter count and shape summary."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("names", nargs="*", help="architectures (default: all)")
+  args = parser.parse_args(argv)
+  print(f"{'architecture':<22} {'params':>16}  {'D':>5} {'L':>3} {'N':>3} "
+        f"{'K':>3} {'H':>4} {'F':>6} {'vision':>10}")
+  for name in args.names or names():
+    cfg = get(name)
+    t = cfg.text
+    vision = (f"{cfg.vision.image_size}px/{cfg.tokens_per_image}tok"
+              if cfg.vision else "text")
+    print(f"{name:<22} {param_count(cfg):>16,}  {t.embed_dim:>5} "
+          f"{t.num_layers:>3} {t.num_heads:>3} {t.num_kv_heads:>3} "
+          f"{t.head_dim:>4} {t.hidden_dim:>6} {vision:>10}")
+
+
+if __name__ == "__main__":
+  main()
