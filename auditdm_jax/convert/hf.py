@@ -21,6 +21,7 @@ W vision width, M vision heads, C vision head dim, P patch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable, Mapping, Optional
 
@@ -221,9 +222,49 @@ def unflatten(flat: Mapping[str, object]) -> dict:
 
 
 def _abstract_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
+  return dict(_cached_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_shapes(cfg: ArchConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+  # Tracing the model costs ~0.5 s; every load and save needs the shapes.
   from auditdm_jax.models.vlm import Model  # pylint: disable=g-import-not-at-top
-  return {p: tuple(a.shape) for p, a in
-          flatten(Model(cfg).abstract_params()).items()}
+  return tuple((p, tuple(a.shape)) for p, a in
+               flatten(Model(cfg).abstract_params()).items())
+
+
+def param_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
+  """{'/'-joined param path: shape} of an architecture (cached per cfg)."""
+  return dict(_cached_shapes(cfg))
+
+
+def check_params(params, cfg: ArchConfig) -> None:
+  """Raises CheckpointMismatch unless `params` has exactly `cfg`'s paths/shapes.
+
+  Leaves may be arrays or anything with a `.shape` (e.g. ShapeDtypeStruct).
+  """
+  compare_shapes(param_shapes(cfg),
+                 {p: tuple(np.shape(a)) for p, a in flatten(params).items()})
+
+
+def compare_shapes(want: Mapping[str, tuple[int, ...]],
+                   got: Mapping[str, tuple[int, ...]]) -> None:
+  """Raises CheckpointMismatch listing every path missing, extra or mis-shaped."""
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  misshaped = [f"{p}: expected {want[p]}, got {got[p]}"
+               for p in sorted(set(want) & set(got)) if want[p] != got[p]]
+  if missing or unexpected or misshaped:
+    raise CheckpointMismatch(missing, unexpected, misshaped)
+
+
+def _hf_shape(rule: _Rule, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Shape of the HF tensor one rule reads, from the param it fills."""
+  piece = param_shape[1:] if rule.layered else param_shape
+  if rule.slot is not None:
+    piece = piece[1:]
+  # int8 zeros: transforms are transposes/reshapes, so only the shape matters.
+  return tuple(np.shape(rule.inv(np.zeros(piece, np.int8))))
 
 
 def _num_layers(cfg: ArchConfig, path: str) -> int:
@@ -243,9 +284,14 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ArchConfig,
   """
   rules = [(r, _compile(r)) for r in _rules(cfg)]
   shapes = _abstract_shapes(cfg)
+  # Checked before any transform: a reshape accepts any tensor of the right
+  # size, so a transposed [D, N*H] for [N*H, D] would otherwise load silently.
+  hf_shapes = {id(r): _hf_shape(r, shapes[r.path]) for r, _ in rules
+               if r.path in shapes}
   # path -> {(layer, slot): array}
   parts: dict[str, dict] = {}
   unexpected, misshaped, other = [], [], []
+  reported = set()   # (path, layer, slot) already listed as mis-shaped
   lm_head = None
   for key, arr in tensors.items():
     ckey = canonical_key(key)
@@ -263,12 +309,23 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ArchConfig,
     if layer is not None and layer >= _num_layers(cfg, rule.path):
       unexpected.append(key)
       continue
+    want = hf_shapes.get(id(rule))
+    if want is not None and tuple(np.shape(arr)) != want:
+      misshaped.append(f"{key}: expected {want}, got {tuple(np.shape(arr))}")
+      reported.add((rule.path, layer, rule.slot))   # not "missing" as well
+      continue
     try:
       val = rule.fwd(np.asarray(arr))
     except ValueError as e:  # reshape of a wrongly sized tensor
       misshaped.append(f"{key}: {tuple(np.shape(arr))} ({e})")
+      reported.add((rule.path, layer, rule.slot))
       continue
-    parts.setdefault(rule.path, {})[(layer, rule.slot)] = (key, val)
+    slot_map = parts.setdefault(rule.path, {})
+    if (layer, rule.slot) in slot_map:   # e.g. one tensor under two layouts
+      other.append(f"{key} and {slot_map[(layer, rule.slot)][0]} are the same "
+                   "tensor under two names")
+      continue
+    slot_map[(layer, rule.slot)] = (key, val)
 
   flat, missing = {}, []
   for path, shape in shapes.items():
@@ -286,8 +343,9 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ArchConfig,
       for slot in slots:
         if (layer, slot) not in got:
           r = next(r for r in matching if r.slot == slot)
-          missing.append(r.hf.replace("{i}", str(layer)) if layer is not None
-                         else r.hf)
+          if (path, layer, slot) not in reported:
+            missing.append(r.hf.replace("{i}", str(layer)) if layer is not None
+                           else r.hf)
           ok = False
           continue
         slot_vals.append(got[(layer, slot)][1])

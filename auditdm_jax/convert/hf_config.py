@@ -4,6 +4,12 @@ Reads both config generations: rope given as `rope_parameters` (per layer
 type, transformers >= 5) or as `rope_theta` / `rope_local_base_freq` /
 `rope_scaling` (older hub files), layer types as `layer_types` or
 `sliding_window_pattern`.
+
+Hub config.json files are sparse: transformers writes only the values that
+differ from its config classes' defaults (gemma-3-4b-it omits
+`num_attention_heads`, PaliGemma-2 224 omits `image_size`, softcaps and
+`head_dim`). Missing keys are therefore filled from those defaults
+(transformers 5.24), never from ours.
 """
 
 from __future__ import annotations
@@ -28,35 +34,65 @@ def _require(d: Mapping[str, Any], key: str, where: str):
   return d[key]
 
 
-def _rope(text: Mapping[str, Any], kind: str, default_theta: float) -> Rope:
+# transformers 5.24 class defaults for the keys read here (see module doc).
+_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": dict(  # Gemma2Config
+        vocab_size=256_000, hidden_size=2304, intermediate_size=9216,
+        num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+        head_dim=256, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+        query_pre_attn_scalar=256, sliding_window=4096,
+        final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gemma3_text": dict(  # Gemma3TextConfig
+        vocab_size=262_208, hidden_size=2304, intermediate_size=9216,
+        num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+        head_dim=256, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+        query_pre_attn_scalar=256, sliding_window=4096,
+        final_logit_softcapping=None, attn_logit_softcapping=None),
+    "siglip_vision_model": dict(  # SiglipVisionConfig
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, image_size=224, patch_size=16,
+        layer_norm_eps=1e-6),
+}
+
+
+def _with_defaults(d: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+  return {**_CLASS_DEFAULTS[model_type], **d}
+
+
+def _rope(text: Mapping[str, Any], kind: str, family: str) -> Rope:
+  """RoPE of one layer type ('sliding_attention' / 'full_attention')."""
+  gemma3 = family == "gemma3"
   params = text.get("rope_parameters") or {}
   if kind in params and isinstance(params[kind], Mapping):
     p = params[kind]
   elif "rope_theta" in params or "rope_type" in params:   # one dict for all layers
     p = params
+  elif gemma3 and kind == "sliding_attention":
+    # Legacy Gemma 3: local layers have their own base and are never scaled;
+    # `rope_theta` / `rope_scaling` describe the global layers only.
+    p = {"rope_theta": text.get("rope_local_base_freq", 10_000.0)}
   else:
-    p = {}
-    if kind == "sliding_attention" and "rope_local_base_freq" in text:
-      p["rope_theta"] = text["rope_local_base_freq"]
-    elif kind == "full_attention" or "rope_local_base_freq" not in text:
-      if "rope_theta" in text:
-        p["rope_theta"] = text["rope_theta"]
-      if kind == "full_attention" and text.get("rope_scaling"):
-        p.update(text["rope_scaling"])
+    p = dict(text.get("rope_scaling") or {})
+    if "rope_theta" in text:
+      p["rope_theta"] = text["rope_theta"]
   rope_type = p.get("rope_type", p.get("type", "default"))
   if rope_type not in ("default", "linear"):
     raise ConfigError(f"unsupported rope_type {rope_type!r} for {kind}")
   scale = float(p.get("factor", 1.0)) if rope_type == "linear" else 1.0
+  default_theta = 1_000_000.0 if gemma3 and kind == "full_attention" else 10_000.0
   return Rope(theta=float(p.get("rope_theta", default_theta)), scale=scale)
 
 
 def _text_config(text: Mapping[str, Any], family: str) -> TextConfig:
   where = "text_config"
+  text = _with_defaults(text, "gemma3_text" if family == "gemma3" else "gemma2")
   layers = int(_require(text, "num_hidden_layers", where))
   if text.get("layer_types"):
     layer_types = tuple(_OUR_LAYER_TYPE[t] for t in text["layer_types"])
   elif family == "gemma3":
-    layer_types = gemma3_layer_types(layers, int(text.get("sliding_window_pattern", 6)))
+    pattern = text.get("sliding_window_pattern",
+                       text.get("_sliding_window_pattern", 6))
+    layer_types = gemma3_layer_types(layers, int(pattern))
   else:
     layer_types = gemma2_layer_types(layers)
   hidden = int(_require(text, "hidden_size", where))
@@ -69,9 +105,8 @@ def _text_config(text: Mapping[str, Any], family: str) -> TextConfig:
       head_dim=int(text.get("head_dim", hidden // heads)),
       hidden_dim=int(_require(text, "intermediate_size", where)),
       layer_types=layer_types, sliding_window=text.get("sliding_window"),
-      rope_local=_rope(text, "sliding_attention", 10_000.0),
-      rope_global=_rope(text, "full_attention",
-                        1_000_000.0 if gemma3 else 10_000.0),
+      rope_local=_rope(text, "sliding_attention", family),
+      rope_global=_rope(text, "full_attention", family),
       qk_norm=gemma3,
       query_pre_attn_scalar=float(text.get("query_pre_attn_scalar", 256)),
       attn_softcap=text.get("attn_logit_softcapping"),
@@ -81,6 +116,7 @@ def _text_config(text: Mapping[str, Any], family: str) -> TextConfig:
 
 def _vision_config(v: Mapping[str, Any]) -> VisionConfig:
   where = "vision_config"
+  v = _with_defaults(v, "siglip_vision_model")
   return VisionConfig(
       image_size=int(_require(v, "image_size", where)),
       patch_size=int(_require(v, "patch_size", where)),
@@ -97,7 +133,13 @@ def arch_from_hf_config(config: Mapping[str, Any],
   model_type = config.get("model_type")
   if model_type == "paligemma":
     text = dict(_require(config, "text_config", "config"))
-    text.setdefault("vocab_size", config.get("vocab_size"))
+    # PaliGemmaConfig builds a Gemma (1) decoder when text_config names no type.
+    text_type = text.get("model_type", "gemma")
+    if text_type != "gemma2":
+      raise ConfigError(f"PaliGemma with a {text_type!r} decoder is not supported "
+                        "(only PaliGemma 2, text_config.model_type 'gemma2')")
+    if config.get("vocab_size") is not None:
+      text.setdefault("vocab_size", config["vocab_size"])
     vision = _vision_config(_require(config, "vision_config", "config"))
     cfg = ArchConfig(
         name=name or "paligemma2_from_hf", family="paligemma2",
