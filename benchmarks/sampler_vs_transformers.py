@@ -1,16 +1,23 @@
-"""Greedy decode throughput: our jitted sampler vs transformers `generate`.
+"""Prefill time and greedy decode throughput: our sampler vs transformers.
 
-Both run the same random weights (built in transformers, converted with
-`auditdm_jax.convert.hf.params_from_hf`) on the same CPU, f32, greedy, with
-no EOS so every row makes exactly --new-tokens tokens. Our compile time is
-reported separately and excluded from the throughput (it is paid once per
-bucket). The tokens of both are compared as a sanity check.
+Same random weights (built in transformers, converted with
+`auditdm_jax.convert.hf.params_from_hf`), same CPU, f32, greedy, no EOS, so
+every row makes exactly N new tokens. For each architecture and batch size:
 
-  python benchmarks/sampler_vs_transformers.py                  # 100M text model
-  python benchmarks/sampler_vs_transformers.py --arch gemma3_tiny_text --quick
+  prefill_s   one prompt forward that fills the KV cache (ours: jitted
+              `Model.prefill`; transformers: `model(ids, use_cache=True)`)
+  decode_tps  new tokens per second of the whole generate call after the
+              prefill: B * N / (generate_s - prefill_s)
 
-Also prints the length scaling of our decode (--new-tokens vs 4x that), which
-should stay near 4x with a KV cache (DESIGN.md target: <= 4.5x).
+Our compile time is reported separately and excluded (it is paid once per
+bucket). Each measurement is the median of --repeats runs (min and max are
+kept in the JSON); runs of ours and theirs alternate so load from other
+processes hits both alike. The greedy tokens of both are compared.
+
+  python benchmarks/sampler_vs_transformers.py            # tiny + ~100M, B=1,8
+  python benchmarks/sampler_vs_transformers.py --archs gemma3_tiny_text --quick
+
+Writes benchmarks/results/sampler_vs_transformers.{json,md}.
 
 Letters: B batch, T prompt length, N new tokens.
 """
@@ -18,6 +25,11 @@ Letters: B batch, T prompt length, N new tokens.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
 import time
 
 import jax
@@ -32,14 +44,16 @@ from auditdm_jax.convert.hf_config import hf_config_from_arch
 from auditdm_jax.models import arch
 from auditdm_jax.models.vlm import Model
 
+RESULTS = pathlib.Path(__file__).parent / "results"
+
 
 def build_hf(cfg, seed: int = 0, scale: float = 0.05):
-  """A random f32 eval-mode transformers model for a text-only arch."""
+  """A random f32 eval-mode transformers Gemma3ForCausalLM."""
   if cfg.vision is not None:
     raise SystemExit(f"{cfg.name}: the benchmark covers text-only archs")
   d = hf_config_from_arch(cfg)
   config = transformers.CONFIG_MAPPING[d["model_type"]](**d)
-  config._attn_implementation = "eager"  # pylint: disable=protected-access
+  config._attn_implementation = "sdpa"  # pylint: disable=protected-access
   torch.manual_seed(seed)
   model = transformers.Gemma3ForCausalLM(config).float().eval()
   with torch.no_grad():
@@ -48,81 +62,138 @@ def build_hf(cfg, seed: int = 0, scale: float = 0.05):
   return model
 
 
-def best_of(fns, repeats: int) -> list[float]:
-  """Best wall time of each function. Runs alternate between the functions,
-  so load from other processes hits them alike."""
+def timed(fns, repeats: int) -> list[list[float]]:
+  """Wall times of each function, runs interleaved across functions."""
   times = [[] for _ in fns]
   for _ in range(repeats):
     for fn, ts in zip(fns, times):
       t0 = time.perf_counter()
       fn()
       ts.append(time.perf_counter() - t0)
-  return [min(ts) for ts in times]
+  return times
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--arch", default="gemma3_100m_text")
-  ap.add_argument("--batch", type=int, default=4)
-  ap.add_argument("--prompt-len", type=int, default=32)
-  ap.add_argument("--new-tokens", type=int, default=64)
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--threads", type=int, default=0,
-                  help="torch intra-op threads (0: torch's default)")
-  ap.add_argument("--quick", action="store_true",
-                  help="one repeat, no length-scaling run")
-  args = ap.parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  repeats = 1 if args.quick else args.repeats
+def stats(ts: list[float]) -> dict:
+  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts)}
 
-  cfg = arch.get(args.arch)
-  model = Model(cfg)
-  hf_model = build_hf(cfg)
-  tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
-  params = jax.tree.map(jnp.asarray, hf_convert.params_from_hf(tensors, cfg))
 
-  b, t, n = args.batch, args.prompt_len, args.new_tokens
-  rng = np.random.default_rng(0)
+def run_case(cfg, model, params, hf_model, b, t, n, repeats):
+  rng = np.random.default_rng(b)
   prompts = rng.integers(3, cfg.text.vocab_size, (b, t)).astype(np.int32)
   mask = np.ones((b, t), bool)
-  # Exact buckets: the prompt is not padded, so both sides do the same work.
   buckets = sampling.Buckets(length=t, batch=b, min_length=1)
+  config = sampling.SamplingConfig(temperature=0, max_new_tokens=n)
+  ids = torch.from_numpy(prompts.astype(np.int64))
 
-  def ours(new_tokens):
-    config = sampling.SamplingConfig(temperature=0, max_new_tokens=new_tokens)
+  prefill = jax.jit(lambda p, x: model.prefill(
+      p, model.embed(p, x, jnp.ones(x.shape, bool), jnp.ones(x.shape, jnp.int32)),
+      t + n)[0])
+
+  def ours_prefill():
+    return jax.block_until_ready(prefill(params, prompts))
+
+  def ours_generate():
     out = sampling.sample(model, params, prompts, mask, mask.astype(np.int32),
                           key=jax.random.key(0), config=config, buckets=buckets)
-    return jax.block_until_ready(out.tokens)
+    return np.asarray(out.tokens)
 
-  def theirs():
+  def theirs_prefill():
     with torch.no_grad():
-      ids = torch.from_numpy(prompts.astype(np.int64))
+      return hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=True)
+
+  def theirs_generate():
+    with torch.no_grad():
       return hf_model.generate(
           ids, attention_mask=torch.ones_like(ids), do_sample=False,
           max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
           pad_token_id=0)[:, t:].numpy()
 
   t0 = time.perf_counter()
-  our_tokens = np.asarray(ours(n))
+  ours_prefill()
+  our_tokens = ours_generate()
   compile_s = time.perf_counter() - t0
-  their_tokens = theirs()
-  our_s, their_s = best_of([lambda: ours(n), theirs], repeats)
+  their_tokens = theirs_generate()
+  pre_o, gen_o, pre_t, gen_t = timed(
+      [ours_prefill, ours_generate, theirs_prefill, theirs_generate], repeats)
+  med = statistics.median
+  ours_tps = b * n / max(med(gen_o) - med(pre_o), 1e-9)
+  theirs_tps = b * n / max(med(gen_t) - med(pre_t), 1e-9)
+  return {
+      "arch": cfg.name, "batch": b, "prompt_len": t, "new_tokens": n,
+      "ours": {"compile_s": compile_s, "prefill_s": stats(pre_o),
+               "generate_s": stats(gen_o), "decode_tps": ours_tps},
+      "transformers": {"prefill_s": stats(pre_t), "generate_s": stats(gen_t),
+                       "decode_tps": theirs_tps},
+      "decode_speedup": ours_tps / theirs_tps,
+      "prefill_speedup": med(pre_t) / med(pre_o),
+      "greedy_tokens_equal": float((our_tokens == their_tokens).mean()),
+  }
 
-  print(f"arch={cfg.name} B={b} T={t} N={n} backend={jax.default_backend()} "
-        f"torch_threads={torch.get_num_threads()}")
-  print(f"  ours (jit, first call incl. compile): {compile_s:8.2f} s")
-  print(f"  ours:         {our_s:8.3f} s  {b * n / our_s:10.1f} tok/s")
-  print(f"  transformers: {their_s:8.3f} s  {b * n / their_s:10.1f} tok/s")
-  print(f"  speed-up: {their_s / our_s:.2f}x (target >= 3x)")
-  same = (our_tokens == their_tokens).mean()
-  print(f"  greedy tokens equal: {same:.1%}")
 
-  if not args.quick:
-    ours(4 * n)  # compile the longer buffers
-    our_s, long_s = best_of([lambda: ours(n), lambda: ours(4 * n)], repeats)
-    print(f"  our decode N={4 * n} / N={n}: {long_s / our_s:.2f}x "
-          f"(target <= 4.5x)")
+def markdown(results: dict) -> str:
+  m = results["machine"]
+  lines = [
+      "# Sampler vs transformers generate",
+      "",
+      f"Machine: {m['cpu_count']} CPUs, {m['platform']}; jax {m['jax']}, "
+      f"torch {m['torch']} ({m['torch_threads']} threads), transformers "
+      f"{m['transformers']}. f32, greedy, medians of {results['repeats']} runs.",
+      "",
+      "| arch | B | T | N | ours prefill ms | HF prefill ms | ours decode tok/s "
+      "| HF decode tok/s | decode speed-up | tokens equal |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in results["cases"]:
+    lines.append(
+        f"| {r['arch']} | {r['batch']} | {r['prompt_len']} | {r['new_tokens']} "
+        f"| {r['ours']['prefill_s']['median'] * 1e3:.1f} "
+        f"| {r['transformers']['prefill_s']['median'] * 1e3:.1f} "
+        f"| {r['ours']['decode_tps']:.1f} | {r['transformers']['decode_tps']:.1f} "
+        f"| {r['decode_speedup']:.2f}x | {r['greedy_tokens_equal']:.0%} |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--archs", nargs="+",
+                  default=["gemma3_tiny_text", "gemma3_100m_text"])
+  ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+  ap.add_argument("--prompt-len", type=int, default=32)
+  ap.add_argument("--new-tokens", type=int, default=64)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--quick", action="store_true", help="one repeat")
+  ap.add_argument("--out", default=str(RESULTS / "sampler_vs_transformers"))
+  args = ap.parse_args()
+  repeats = 1 if args.quick else args.repeats
+
+  results = {
+      "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                  "jax": jax.__version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__,
+                  "torch_threads": torch.get_num_threads(),
+                  "backend": jax.default_backend()},
+      "repeats": repeats, "cases": []}
+  for name in args.archs:
+    cfg = arch.get(name)
+    model = Model(cfg)
+    hf_model = build_hf(cfg)
+    tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    params = jax.tree.map(jnp.asarray, hf_convert.params_from_hf(tensors, cfg))
+    for b in args.batches:
+      r = run_case(cfg, model, params, hf_model, b, args.prompt_len,
+                   args.new_tokens, repeats)
+      results["cases"].append(r)
+      print(f"{name} B={b}: decode {r['ours']['decode_tps']:.1f} vs "
+            f"{r['transformers']['decode_tps']:.1f} tok/s "
+            f"({r['decode_speedup']:.2f}x), prefill "
+            f"{r['ours']['prefill_s']['median'] * 1e3:.1f} vs "
+            f"{r['transformers']['prefill_s']['median'] * 1e3:.1f} ms, "
+            f"tokens equal {r['greedy_tokens_equal']:.0%}", flush=True)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+  out.with_suffix(".md").write_text(markdown(results))
+  print(markdown(results))
 
 
 if __name__ == "__main__":
