@@ -188,6 +188,61 @@ def _gemma3_100m_text() -> ArchConfig:
                     prompt_format="gemma3_chat")
 
 
+# --- Scene-world sizes (DESIGN.md §4) ----------------------------------------
+# 64 px images on a 4x4 grid of 16-px cells; patch 16 puts one object in one
+# patch (world_feasibility.md: this is what tiny models learn within minutes
+# on a CPU). Tokens come from the world SentencePiece model; the image
+# placeholder sits just past its vocabulary, as PaliGemma-2's does.
+
+WORLD_VOCAB = 512
+WORLD_IMAGE_TOKEN = WORLD_VOCAB
+
+
+def _world_vision(width: int, depth: int) -> VisionConfig:
+  return VisionConfig(image_size=64, patch_size=16, width=width, depth=depth,
+                      num_heads=4, mlp_dim=4 * width)
+
+
+def _world_text(d: int, layers: int, family: str, **kw) -> TextConfig:
+  heads = 4
+  args = dict(vocab_size=WORLD_VOCAB, embed_dim=d, num_layers=layers,
+              num_heads=heads, num_kv_heads=2, head_dim=d // heads,
+              hidden_dim=4 * d, sliding_window=32,
+              query_pre_attn_scalar=d // heads)
+  if family == "gemma3":
+    args.update(layer_types=gemma3_layer_types(layers, pattern=2),
+                rope_global=Rope(theta=1_000_000.0), qk_norm=True)
+  else:
+    args.update(layer_types=gemma2_layer_types(layers), attn_softcap=50.0,
+                final_softcap=30.0)
+  args.update(kw)
+  return TextConfig(**args)
+
+
+def _world(name: str, family: str, d: int, layers: int, vision_depth: int
+           ) -> ArchConfig:
+  if family == "paligemma2":
+    return ArchConfig(name=name, family=family,
+                      text=_world_text(d, layers, family),
+                      vision=_world_vision(d, vision_depth), projector="linear",
+                      image_token_id=WORLD_IMAGE_TOKEN,
+                      prompt_format="paligemma")
+  return ArchConfig(name=name, family=family, text=_world_text(d, layers, family),
+                    vision=_world_vision(d, vision_depth),
+                    projector="pool_norm", image_token_id=WORLD_IMAGE_TOKEN,
+                    pool=1, prompt_format="gemma3_chat")
+
+
+for _name, _family, _d, _layers, _vdepth in (
+    ("paligemma2_world_s", "paligemma2", 128, 3, 3),   # target, reference
+    ("paligemma2_world_m", "paligemma2", 160, 4, 3),   # reference
+    ("gemma3_world_s", "gemma3", 128, 4, 3),           # reference
+    ("gemma3_world_m", "gemma3", 160, 4, 3),           # auditor
+):
+  register(_name)(lambda n=_name, f=_family, d=_d, l=_layers, v=_vdepth:
+                  _world(n, f, d, l, v))
+
+
 # --- Listing -----------------------------------------------------------------
 
 def param_count(cfg: ArchConfig) -> int:
