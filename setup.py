@@ -19,6 +19,9 @@ setuptools.setup(
                 "capability gaps (PaliGemma-2 / Gemma-3 in Flax).",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["auditdm_jax", "auditdm_jax.*"]),
+    # Shipped assets: the world SentencePiece model (auditdm_jax.data.
+    # world_tokenizer loads it from the installed package).
+    package_data={"auditdm_jax.world": ["assets/*.model"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         # Reference implementations (parity tests, HF configs) and diffusers
