@@ -115,3 +115,10 @@ def test_prefill_then_decode_equals_forward(setup):
   for t in range(split, tokens.shape[1]):
     logits, cache = decode(params, np.asarray(tokens[:, t], np.int32), cache)
     np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=TOL)
+
+
+def test_out_of_vocabulary_tokens_are_rejected(setup):
+  cfg, _, params, model = setup
+  tokens = np.array([[2, 5, cfg.text.vocab_size + 7]])
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    model.embed(params, tokens, np.ones(tokens.shape, bool), np.ones_like(tokens))

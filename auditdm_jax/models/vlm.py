@@ -31,6 +31,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from auditdm_jax.models import masks as masks_lib
 from auditdm_jax.models.config import ArchConfig
@@ -105,6 +106,26 @@ class VLM(nn.Module):
                                   _WINDOW_COMPOSITION[self.cfg.family])
     h, _ = self.run(x, pos, (m[1], m[0]))
     return self.unembed(h)
+
+
+def _check_token_range(tokens: jax.Array, cfg: ArchConfig) -> None:
+  """Rejects out-of-vocabulary ids when the tokens are concrete.
+
+  Inside jit the embedder clips ids (it must, for PaliGemma's placeholder,
+  which lies past the vocabulary); outside jit a wrong tokenizer / model pair
+  would otherwise train or sample on silently wrong tokens.
+  """
+  if isinstance(tokens, jax.core.Tracer):
+    return
+  ids = np.asarray(tokens)
+  bad = (ids < 0) | (ids >= cfg.text.vocab_size)
+  if cfg.image_token_id is not None:
+    bad &= ids != cfg.image_token_id
+  if bad.any():
+    raise ValueError(
+        f"{cfg.name}: token ids {sorted(set(ids[bad].tolist()))[:8]} are outside "
+        f"the vocabulary [0, {cfg.text.vocab_size}); is the tokenizer the "
+        "model's?")
 
 
 @flax.struct.dataclass
@@ -185,6 +206,7 @@ class Model:
     if tokens.shape != input_mask.shape or tokens.shape != jnp.shape(mask_ar):
       raise ValueError(f"tokens {tokens.shape}, input_mask {input_mask.shape} and "
                        f"mask_ar {jnp.shape(mask_ar)} must have the same shape")
+    _check_token_range(tokens, self.cfg)
     x = self._apply(params, tokens, images, method=VLM.embed)
     return Embedded(x=x, input_mask=input_mask,
                     mask_ar=jnp.asarray(mask_ar, jnp.int32),
