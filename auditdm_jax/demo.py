@@ -31,30 +31,12 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from auditdm_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
-from auditdm_jax.convert import orbax_io, safetensors_io  # pylint: disable=g-import-not-at-top,wrong-import-position
+from auditdm_jax.convert import hf_reference, orbax_io, safetensors_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from auditdm_jax.models import arch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from auditdm_jax.models.vlm import Model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from auditdm_jax.sharding import mesh as mesh_lib, strategy  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NEW_TOKENS = 24
-
-
-def _hf_model(cfg, seed):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.convert.hf_config import hf_config_from_arch  # pylint: disable=g-import-not-at-top
-  d = hf_config_from_arch(cfg)
-  config = transformers.CONFIG_MAPPING[d["model_type"]](**d)
-  config._attn_implementation = "eager"  # pylint: disable=protected-access
-  cls = (transformers.PaliGemmaForConditionalGeneration
-         if cfg.family == "paligemma2" else
-         transformers.Gemma3ForConditionalGeneration)
-  torch.manual_seed(seed)
-  model = cls(config).float().eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn_like(p) * 0.1)
-  return model
 
 
 def _prompt(cfg, rng):
@@ -78,7 +60,7 @@ def _prompt(cfg, rng):
 def run(name: str, workdir: pathlib.Path, mesh) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   cfg = arch.get(name)
-  hf_model = _hf_model(cfg, seed=0)
+  hf_model = hf_reference.build_hf(cfg, seed=0, scale=0.1)
   hf_dir, ckpt_dir = workdir / f"{name}_hf", workdir / f"{name}_orbax"
   hf_model.save_pretrained(hf_dir)
 

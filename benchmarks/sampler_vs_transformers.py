@@ -1,7 +1,7 @@
 """Prefill time and greedy decode throughput: our sampler vs transformers.
 
 Same random weights (built in transformers, converted with
-`auditdm_jax.convert.hf.params_from_hf`), same CPU, f32, greedy, no EOS, so
+`auditdm_jax.convert.hf_reference`), same CPU, f32, greedy, no EOS, so
 every row makes exactly N new tokens. For each architecture and batch size:
 
   prefill_s   one prompt forward that fills the KV cache (ours: jitted
@@ -39,27 +39,18 @@ import torch
 import transformers
 
 from auditdm_jax import sampling
-from auditdm_jax.convert import hf as hf_convert
-from auditdm_jax.convert.hf_config import hf_config_from_arch
+from auditdm_jax.convert import hf_reference
 from auditdm_jax.models import arch
 from auditdm_jax.models.vlm import Model
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def build_hf(cfg, seed: int = 0, scale: float = 0.05):
-  """A random f32 eval-mode transformers Gemma3ForCausalLM."""
+def build_hf(cfg):
+  """A random f32 eval-mode transformers Gemma3ForCausalLM (sdpa attention)."""
   if cfg.vision is not None:
     raise SystemExit(f"{cfg.name}: the benchmark covers text-only archs")
-  d = hf_config_from_arch(cfg)
-  config = transformers.CONFIG_MAPPING[d["model_type"]](**d)
-  config._attn_implementation = "sdpa"  # pylint: disable=protected-access
-  torch.manual_seed(seed)
-  model = transformers.Gemma3ForCausalLM(config).float().eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn_like(p) * scale)
-  return model
+  return hf_reference.build_hf(cfg, attn_implementation="sdpa")
 
 
 def timed(fns, repeats: int) -> list[list[float]]:
@@ -177,8 +168,7 @@ def main():
     cfg = arch.get(name)
     model = Model(cfg)
     hf_model = build_hf(cfg)
-    tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
-    params = jax.tree.map(jnp.asarray, hf_convert.params_from_hf(tensors, cfg))
+    params = jax.tree.map(jnp.asarray, hf_reference.params_of(hf_model, cfg))
     for b in args.batches:
       r = run_case(cfg, model, params, hf_model, b, args.prompt_len,
                    args.new_tokens, repeats)
