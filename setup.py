@@ -20,8 +20,12 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["auditdm_jax", "auditdm_jax.*"]),
     # Shipped assets: the world SentencePiece model (auditdm_jax.data.
-    # world_tokenizer loads it from the installed package).
-    package_data={"auditdm_jax.world": ["assets/*.model"]},
+    # world_tokenizer loads it from the installed package) and the trained
+    # world model zoo (params-only Orbax checkpoints + JSON sidecars,
+    # auditdm_jax.world.zoo.shipped_zoo_dir()).
+    package_data={"auditdm_jax.world": ["assets/*.model",
+                                        "assets/zoo/*.json",
+                                        "assets/zoo/**/*"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         # Reference implementations (parity tests, HF configs) and diffusers
@@ -31,5 +35,6 @@ setuptools.setup(
     },
     entry_points={"console_scripts": [
         "auditdm-archs=auditdm_jax.models.arch:main",
+        "auditdm=auditdm_jax.main:console_main",
     ]},
 )

@@ -1,0 +1,1 @@
+"""Evaluation: the world benchmark and the auditor's validity (world_bench)."""
