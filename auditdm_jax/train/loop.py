@@ -10,8 +10,9 @@ Resuming: when `workdir/checkpoints` holds a checkpoint, the latest one is
 restored straight into the step's shardings together with the data
 iterator position, and training continues to `cfg.total_steps`; the result
 is bitwise the one of an uninterrupted run (same process count and mesh).
-`num_steps` stops a call early (time-sliced jobs, tests): it saves a
-checkpoint where it stops, and the next call picks up from there.
+`num_steps` stops a call early (time-sliced jobs, tests), and so does
+`max_seconds` (a wall-time budget, checked every `log_every` steps): either
+saves a checkpoint where it stops, and the next call picks up from there.
 
 Files in `workdir`: `config.json` (the run config), `checkpoints/`,
 `metrics.jsonl`, `tensorboard/` and `summary.json` (see `metrics.py`).
@@ -88,7 +89,8 @@ def _mean_metrics(window: Sequence[Mapping[str, jax.Array]]) -> dict:
 def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
           eval_fn: Optional[EvalFn] = None, *,
           tokenizer: Optional[Tokenizer] = None, params: Any = None,
-          num_steps: Optional[int] = None) -> state_lib.TrainState:
+          num_steps: Optional[int] = None,
+          max_seconds: Optional[float] = None) -> state_lib.TrainState:
   """Trains (or resumes training) to `config.total_steps`.
 
   Args:
@@ -103,6 +105,8 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
     params: starting params for a fresh run (default: `config.init_from`,
       else random); ignored when resuming.
     num_steps: stop after this many steps in this call (and checkpoint).
+    max_seconds: stop at the first `log_every` boundary past this many
+      seconds of this call (and checkpoint).
   Returns:
     The final TrainState (on device, in the training shardings).
   Raises:
@@ -191,6 +195,11 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
           if not math.isfinite(last_train["loss"]):
             raise FloatingPointError(
                 f"training loss is {last_train['loss']} at step {done}")
+          if max_seconds is not None and now - run_t0 > max_seconds:
+            logging.info("%s: time budget of %.0f s reached at step %d",
+                         workdir, max_seconds, done)
+            bar.update(1)
+            break
         if config.eval_every and done % config.eval_every == 0:
           evaluate(done)
         if (config.checkpoint_every and done % config.checkpoint_every == 0

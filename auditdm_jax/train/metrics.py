@@ -124,6 +124,9 @@ class MetricWriter:
         self._tb.add_scalar(name, v, global_step=step, walltime=wall)
     line = {"step": step, "time": wall, **_json_safe(dict(scalars))}
     self._jsonl.write(json.dumps(line) + "\n")
+    # Whole lines reach the file as they are logged: `tail -f` works, and a
+    # killed run leaves at most one torn line (readers skip it).
+    self._jsonl.flush()
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     """Writes `summary.json` (replacing an older one) atomically."""

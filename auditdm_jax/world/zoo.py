@@ -25,9 +25,9 @@ Periodic evaluation: with `config.eval_every > 0`, VQA models are scored
 every that many steps on the first `config.eval_limit` examples of each
 benchmark split (`eval.world_bench.make_eval_fn`; metrics `eval/<split>`).
 
-Time budget: a model trains to `total_steps` or until `max_minutes`, after a
-first chunk of `chunk_steps` that measures its speed (then one more `train`
-call sized to the remaining budget).
+Time budget: a model trains to `total_steps` or until `max_minutes` of wall
+time in this call (a resumed model gets its budget again), checkpointing
+every `chunk_steps`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def train_config(config, name: str):
       max_target_len=m.get("max_target_len", config.max_target_len),
       image_preprocess=IMAGE_PREPROCESS, seed=m.seed,
       eval_every=(config.get("eval_every", 0) if m.role != "auditor" else 0),
-      checkpoint_every=0, keep_checkpoints=1, async_checkpointing=False,
+      checkpoint_every=config.chunk_steps, keep_checkpoints=1,
+      async_checkpointing=False,
       log_every=min(50, max(1, config.chunk_steps)), progress=False)
 
 
@@ -242,22 +243,11 @@ def train_model(config, name: str, workdir: PathLike) -> dict:
   run_dir = workdir / name
   budget = float(m.get("max_minutes", 0) or 0) * 60
   t1 = time.perf_counter()
+  # One call, bounded by the step count and the wall-time budget; the
+  # checkpoints every `chunk_steps` keep a killed session's progress.
   state = loop.train(tcfg, run_dir, source, eval_fn, tokenizer=tok,
-                     num_steps=config.chunk_steps)
+                     max_seconds=budget or None)
   step = int(jax.device_get(state.step))
-  if step < tcfg.total_steps:
-    spent = time.perf_counter() - t1
-    summary = json.loads((run_dir / "summary.json").read_text())
-    sps = summary.get("steps_per_sec") or (config.chunk_steps / max(spent, 1e-3))
-    left = (budget - spent) if budget else float("inf")
-    more = tcfg.total_steps - step if not budget else int(max(0, left) * sps)
-    more = min(more, tcfg.total_steps - step)
-    if more > 0:
-      logging.info("%s: %d more steps (%.1f steps/s, %.0f s left)", name,
-                   more, sps, left)
-      state = loop.train(tcfg, run_dir, source, eval_fn, tokenizer=tok,
-                         num_steps=more)
-      step = int(jax.device_get(state.step))
   train_s = time.perf_counter() - t1
   out = export_dir(workdir)
   out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ auditor initialisation (a Gemma-3) learns to write, from an image and one of
 the prompts in `auditdm_jax.world.prompts`, a question, an edit command or a
 caption, spread over all skills and edit operations.
 
-Variants (`:arg`): "" (the full zoo, about 45 min of 2 CPU cores) and "quick"
+Variants (`:arg`): "" (the full zoo, about 2.5 h of 2 shared CPU cores) and "quick"
 (tiny data and a few steps per model, for tests).
 
 Optimisation (research/world_feasibility.md, World B): AdamW lr 1e-3, b2 0.98,
@@ -85,25 +85,26 @@ def get_config(arg=None):
   models["target"] = dict(
       role="target", arch="paligemma2_world_s", seed=0,
       slice_weights=dict(GAPS), gap_splits=dict(GAP_SPLITS),
-      **_optim(steps, 11.0))
+      **_optim(steps, 45.0))
   # References: both families, other sizes and seeds, the full distribution.
   models["ref_paligemma_m"] = dict(
       role="reference", arch="paligemma2_world_m", seed=1, slice_weights={},
-      gap_splits={}, **_optim(steps, 7.0))
+      gap_splits={}, **_optim(steps, 30.0))
   models["ref_gemma_s"] = dict(
       role="reference", arch="gemma3_world_s", seed=2, slice_weights={},
-      gap_splits={}, max_len=52, **_optim(steps, 7.0))
+      gap_splits={}, max_len=52, **_optim(steps, 35.0))
   models["ref_paligemma_s"] = dict(
       role="reference", arch="paligemma2_world_s", seed=3, slice_weights={},
-      gap_splits={}, **_optim(steps, 7.0))
+      gap_splits={}, **_optim(steps, 30.0))
   # The auditor initialisation: a tiny Gemma-3 that writes questions, edit
   # commands and captions about an image (the "prompt-only" baseline).
   models["auditor"] = dict(
       role="auditor", arch="gemma3_world_m", seed=4, slice_weights={},
       gap_splits={}, examples=32 if quick else 30_000,
       max_len=104, max_target_len=48, caption_max_tokens=40,
-      **_optim(steps, 8.0, 32))
+      **_optim(steps, 25.0, 32))
   c.models = models
-  c.order = ("target", "ref_paligemma_m", "ref_gemma_s", "ref_paligemma_s",
-             "auditor")
+  # The auditor comes before the last references: GRPO work needs it first.
+  c.order = ("target", "ref_gemma_s", "auditor", "ref_paligemma_m",
+             "ref_paligemma_s")
   return c
