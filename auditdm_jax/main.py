@@ -7,6 +7,7 @@ r"""The project's entry point (DESIGN.md §3), big_vision style.
 `--config.foo=bar` overrides any field. The config's `task` picks the stage:
 
   zoo    train the world model zoo (`auditdm_jax.world.zoo.train_zoo`)
+  audit  train the auditor with GRPO (`auditdm_jax.audit.run.run_audit`)
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ def _zoo(config, workdir: str, only=None) -> None:
   zoo.train_zoo(config, workdir, only=only or None)
 
 
-TASKS = {"zoo": _zoo}
+def _audit(config, workdir: str, only=None) -> None:
+  del only
+  from auditdm_jax.audit import run  # pylint: disable=g-import-not-at-top
+  run.run_audit(config, workdir)
+
+
+TASKS = {"zoo": _zoo, "audit": _audit}
 
 
 def run(config, workdir: str, only=None) -> None:

@@ -40,9 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from auditdm_jax import prompts as prompts_lib
-from auditdm_jax.data import image_preprocessing
 from auditdm_jax.data import world_tfds
+from auditdm_jax.sampling import generate as generate_lib
 from auditdm_jax.world import editor
 from auditdm_jax.world import generator
 from auditdm_jax.world import oracle
@@ -99,16 +98,8 @@ def _take(source, limit: Optional[int]) -> list:
 def encode_prompts(model, tokenizer, texts: Sequence[str],
                    images: Sequence[np.ndarray]):
   """(tokens, input_mask, mask_ar, images f32[B, 1, S, S, 3]) for sampling."""
-  arch = model.cfg
-  ps = [prompts_lib.build_prompt(
-      arch.prompt_format, tokenizer, t, None, num_images=1,
-      tokens_per_image=arch.tokens_per_image,
-      image_token_id=arch.image_token_id) for t in texts]
-  padded = prompts_lib.pad_batch(ps, side="right", pad_id=tokenizer.pad_id)
-  spec = image_preprocessing.get_spec(IMAGE_PREPROCESS, arch.vision.image_size)
-  ims = np.stack([image_preprocessing.preprocess(im, spec)
-                  for im in images])[:, None]
-  return padded.tokens, padded.input_mask, padded.mask_ar, ims
+  return generate_lib.encode_prompts(model, tokenizer, texts, images,
+                                     image_preprocess=IMAGE_PREPROCESS)
 
 
 def generate(model, params, tokenizer, texts: Sequence[str],
@@ -116,21 +107,10 @@ def generate(model, params, tokenizer, texts: Sequence[str],
              temperature: float = 0.0, key: Optional[jax.Array] = None,
              batch_size: int = 256) -> list[str]:
   """Decoded completions of (prompt text, image) pairs, in batches."""
-  from auditdm_jax.sampling import SamplingConfig, sample  # pylint: disable=g-import-not-at-top
-  cfg = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens,
-                       eos_ids=tuple(tokenizer.stop_ids),
-                       pad_id=tokenizer.pad_id)
-  key = jax.random.key(0) if key is None else key
-  out = []
-  for s in range(0, len(texts), batch_size):
-    key, sub = jax.random.split(key)
-    tokens, input_mask, mask_ar, ims = encode_prompts(
-        model, tokenizer, texts[s:s + batch_size], images[s:s + batch_size])
-    res = sample(model, params, tokens, input_mask, mask_ar, jnp.asarray(ims),
-                 key=sub, config=cfg)
-    for row in np.asarray(jax.device_get(res.tokens)):
-      out.append(tokenizer.decode(row))
-  return out
+  return generate_lib.generate(
+      model, params, tokenizer, texts, images, max_new_tokens=max_new_tokens,
+      temperature=temperature, key=key, batch_size=batch_size,
+      image_preprocess=IMAGE_PREPROCESS)
 
 
 def model_answer_fn(model, params, tokenizer, *, max_new_tokens: int = 3,

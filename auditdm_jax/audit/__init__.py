@@ -1,0 +1,1 @@
+"""Auditing: prompts, rollout over the three pairing modes, judge D, reward."""

@@ -1,0 +1,1 @@
+"""GRPO for the auditor: pure loss functions, the jitted step, the loop."""

@@ -1,0 +1,310 @@
+r"""The GRPO loop for the auditor: rollout, advantages, one update; repeat.
+
+  state = train(train_cfg, grpo_cfg, rollout, sources, workdir,
+                sources_per_step=8, params=auditor_init_params)
+
+Each step (the only impure part; the update itself is `rl.step`'s jitted
+pure step):
+
+  1. take `sources_per_step` sources (epoch-wise shuffled by the run seed:
+     step i's sources are a pure function of (seed, i));
+  2. `rollout(policy params, sources, key=fold_in(key(seed), i))`: G
+     completions per source, pairs in the three modes, answers, rewards;
+  3. group-normalised advantages (`rl.grpo.group_advantages`);
+  4. old log-probs (the policy before the update) and reference log-probs
+     (LoRA: the base weights with LoRA off; full fine-tuning: the initial
+     weights, kept in `workdir/reference`), by the jitted scorer;
+  5. the jitted GRPO step (donated state).
+
+Files in `workdir`: `checkpoints/` (state + data position: the step and the
+novelty window), `reference/` (full fine-tuning with KL only),
+`metrics.jsonl` + `tensorboard/` (per step: `rollout/*` monitors of
+`audit.rollout.rollout_metrics` and `train/*` of the step), `rollouts.jsonl`
+(every pair of every step: completion, question, instruction, answers,
+reward, oracle truth, so failures can be harvested later), `summary.json`.
+
+Resuming restores the latest checkpoint and drops lines of the two JSONL
+files written after it, so a killed run continued to the end has exactly
+the files and parameters of an uninterrupted one (rollouts are pure
+functions of (params, sources, key)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from auditdm_jax.audit.rollout import Pair, Rollout, SourceItem
+from auditdm_jax.convert import orbax_io
+from auditdm_jax.rl import grpo
+from auditdm_jax.rl import step as rl_step
+from auditdm_jax.rl.config import GrpoConfig
+from auditdm_jax.sharding import mesh as mesh_lib
+from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import metrics as metrics_lib
+from auditdm_jax.train import state as state_lib
+from auditdm_jax.train.config import TrainConfig
+
+PathLike = Union[str, os.PathLike]
+
+
+# --- Host-side helpers -------------------------------------------------------
+
+
+def source_indices(step: int, per_step: int, n: int, seed: int) -> list[int]:
+  """Indices of step `step`'s sources: element j of the stream is
+  perm_e[j % n] with e = j // n and perm_e seeded by (seed, e)."""
+  out = []
+  for j in range(step * per_step, (step + 1) * per_step):
+    epoch, pos = divmod(j, n)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    out.append(int(perm[pos]))
+  return out
+
+
+def pair_record(step: int, p: Pair) -> dict[str, Any]:
+  """A JSON-able record of one pair (for rollouts.jsonl / harvesting)."""
+  v = p.verdict
+  return {
+      "step": step, "source_id": p.source_id, "group": p.group,
+      "mode": p.mode, "kind": p.kind, "completion": p.completion,
+      "question": p.question, "instruction": p.instruction,
+      "error": p.error, "target_answer": p.target_answer,
+      "reference_answers": list(p.reference_answers),
+      "consensus": None if v is None else v.consensus,
+      "reward": p.reward, "truth": p.truth, "skill": p.skill,
+      "tags": sorted(p.tags),
+      "image_scene": None if p.picture is None else p.picture.scene,
+  }
+
+
+def _truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
+  """Keeps only the lines with "step" <= last_step (atomic rewrite)."""
+  if not path.exists():
+    return
+  keep = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      if json.loads(line).get("step", 0) <= last_step:
+        keep.append(line)
+    except ValueError:
+      break  # a torn last line from a kill: drop it and what follows
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def _reference_params(model, config: TrainConfig, grpo_config: GrpoConfig,
+                      state, workdir: pathlib.Path):
+  """The KL reference: None (no KL), the LoRA base, or the initial params."""
+  if not grpo_config.kl_beta:
+    return None
+  if state.lora is not None:
+    return state.params  # LoRA off = the frozen base weights
+  ref_dir = workdir / "reference"
+  if (ref_dir / "_CHECKPOINT_METADATA").exists() or ref_dir.is_dir():
+    try:
+      return orbax_io.restore_params(ref_dir, dtype=config.param_dtype)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"the reference policy in {ref_dir} cannot be read "
+                         f"({e}); delete the workdir to start over") from e
+  if int(jax.device_get(state.step)) != 0:
+    raise RuntimeError(f"resuming full fine-tuning with KL but {ref_dir} is "
+                       "missing: the initial weights are lost")
+  if jax.process_index() == 0:
+    orbax_io.save_params(jax.device_get(state.params), ref_dir, model.cfg)
+  # A copy: the step donates (and so frees) the state's own buffers.
+  return rl_step.frozen_copy(state.params)
+
+
+# --- The loop -----------------------------------------------------------------
+
+
+def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
+          sources: Sequence[SourceItem], workdir: PathLike, *,
+          sources_per_step: int, params: Any = None,
+          num_steps: Optional[int] = None, novelty_window: int = 0,
+          write_rollouts: bool = True,
+          max_seconds: Optional[float] = None) -> state_lib.TrainState:
+  """Trains the auditor with GRPO to `config.total_steps` (or resumes).
+
+  Args:
+    config: optimiser, LoRA / freezing, arch, seed, steps, checkpointing
+      (`checkpoint_every`, `keep_checkpoints`) and logging (`log_every` is
+      ignored: every step is logged).
+    grpo_config: the loss; its group_size must equal the rollout's.
+    rollout: a `Rollout` whose auditor model is `config.arch`.
+    sources: indexable SourceItems.
+    workdir: see the module docstring.
+    sources_per_step: groups per step (R = sources_per_step * G rows).
+    params: initial auditor params (fresh runs; default config.init_from).
+    num_steps: stop after this many steps in this call (checkpointed).
+    novelty_window: questions remembered for the novelty bonus (0 = none;
+      the rollout's NoveltyTracker is refilled from the checkpoint).
+    write_rollouts: append every pair to rollouts.jsonl.
+    max_seconds: stop (and checkpoint) at the first step past this wall time.
+  Returns:
+    The final TrainState.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  g = rollout.config.group_size
+  if grpo_config.group_size != g:
+    raise ValueError(f"grpo group_size {grpo_config.group_size} != rollout "
+                     f"group_size {g}")
+  if config.batch_size != sources_per_step * g:
+    raise ValueError(f"config.batch_size must be sources_per_step x "
+                     f"group_size = {sources_per_step * g}, got "
+                     f"{config.batch_size}")
+  if not len(sources):
+    raise ValueError("no audit sources")
+  model = rollout.auditor.model
+  if model.cfg.name != config.arch:
+    raise ValueError(f"the rollout's auditor is {model.cfg.name} but "
+                     f"config.arch is {config.arch}")
+  mesh = mesh_lib.make_mesh(config.mesh) if config.mesh else None
+  step_fn = rl_step.make_grpo_step(model, config, grpo_config, mesh)
+  logprob_fn = rl_step.make_logprob_fn(model, grpo_config, mesh)
+  primary = jax.process_index() == 0
+
+  ckpt = checkpoint_lib.Checkpointer.for_workdir(workdir, config)
+  writer = metrics_lib.MetricWriter(workdir)
+  recent: list[str] = []
+  try:
+    if ckpt.latest_step() is not None:
+      state, data_state = ckpt.restore(
+          state_lib.abstract_state(model, config), step_fn.state_shardings)
+      recent = list(data_state.get("novelty", []))
+      start = int(jax.device_get(state.step))
+      logging.info("resumed %s at step %d", workdir, start)
+    else:
+      if params is None and config.init_from:
+        params = orbax_io.restore_params(config.init_from,
+                                         dtype=config.param_dtype)
+      state = state_lib.create_state(model, config, params, mesh=mesh)
+      start = 0
+      if primary:
+        (workdir / "config.json").write_text(json.dumps(
+            {"train": config.to_dict(), "grpo": grpo_config.to_dict()},
+            indent=2, sort_keys=True) + "\n")
+    if primary:
+      # Lines past the checkpoint come from steps that will run again.
+      _truncate_jsonl(workdir / "metrics.jsonl", start)
+      _truncate_jsonl(workdir / "rollouts.jsonl", start)
+      writer.close()
+      writer = metrics_lib.MetricWriter(workdir)
+    if rollout.novelty is not None:
+      rollout.novelty = type(rollout.novelty)(rollout.novelty.window)
+      for q in recent:
+        rollout.novelty.add(q)
+    ref_params = _reference_params(model, config, grpo_config, state,
+                                   workdir)
+
+    end = config.total_steps
+    if num_steps is not None:
+      end = min(end, start + num_steps)
+    base_key = jax.random.key(config.seed)
+    rollouts_file = (open(workdir / "rollouts.jsonl", "a", encoding="utf-8")
+                     if write_rollouts and primary else None)
+    t0 = time.perf_counter()
+    last: dict = {}
+    done = start
+    try:
+      with tqdm.tqdm(total=config.total_steps, initial=start,
+                     disable=not (config.progress and primary),
+                     desc=f"grpo {config.arch}", dynamic_ncols=True) as bar:
+        for step in range(start, end):
+          t_step = time.perf_counter()
+          idx = source_indices(step, sources_per_step, len(sources),
+                               config.seed)
+          policy = state.model_params()
+          out = rollout(policy, [sources[i] for i in idx],
+                        key=jax.random.fold_in(base_key, step))
+          t_roll = time.perf_counter() - t_step
+          adv = np.asarray(grpo.group_advantages(
+              jnp.asarray(out.rewards), g, grpo_config.advantage_scale,
+              grpo_config.adv_eps))
+          batch = out.grpo_batch(adv)
+          # Scores stay on device and go straight back into the step.
+          batch["old_logprobs"] = logprob_fn(state.params, batch,
+                                             lora=state.lora)
+          if ref_params is not None:
+            batch["ref_logprobs"] = logprob_fn(ref_params, batch)
+          else:
+            batch["ref_logprobs"] = np.zeros(batch["completion"].shape,
+                                             np.float32)
+          state, m = step_fn(state, batch)
+          done = step + 1
+          metrics = {f"rollout/{k}": v for k, v in out.metrics().items()}
+          metrics.update({f"train/{k}": float(v)
+                          for k, v in jax.device_get(m).items()})
+          metrics["time/rollout_s"] = t_roll
+          metrics["time/step_s"] = time.perf_counter() - t_step
+          writer.write_scalars(done, metrics)
+          if rollouts_file is not None:
+            for p in out.pairs:
+              rollouts_file.write(json.dumps(pair_record(done, p)) + "\n")
+            rollouts_file.flush()
+          recent = (recent + out.questions_asked)[-novelty_window:] \
+              if novelty_window else []
+          last = metrics
+          if not np.isfinite(metrics["train/loss"]):
+            raise FloatingPointError(
+                f"GRPO loss is {metrics['train/loss']} at step {done}")
+          bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
+                          valid=f"{metrics['rollout/validity']:.2f}")
+          bar.update(1)
+          if (config.checkpoint_every and done % config.checkpoint_every == 0
+              and done != end):
+            writer.flush()
+            ckpt.save(state, {"step": done, "novelty": recent}, config)
+          if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            logging.info("time budget reached at step %d", done)
+            break
+    finally:
+      if rollouts_file is not None:
+        rollouts_file.close()
+    if done > start or ckpt.latest_step() is None:
+      writer.flush()
+      ckpt.save(state, {"step": done, "novelty": recent}, config)
+    writer.write_summary({
+        "step": done, "total_steps": config.total_steps,
+        "finished": done == config.total_steps, "resumed_from": start,
+        "wall_seconds": time.perf_counter() - t0, "last": last,
+        "config": {"train": config.to_dict(), "grpo": grpo_config.to_dict()}})
+    writer.flush()
+  finally:
+    ckpt.close()
+    writer.close()
+  return state
+
+
+def read_rollouts(workdir: PathLike) -> list[dict]:
+  """Every pair record of a run (rollouts.jsonl), in order."""
+  path = pathlib.Path(workdir) / "rollouts.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def reward_curve(workdir: PathLike) -> list[tuple[int, float]]:
+  """[(step, rollout/reward_mean)] from metrics.jsonl."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  out = []
+  if path.exists():
+    for line in path.read_text().splitlines():
+      rec = json.loads(line)
+      if "rollout/reward_mean" in rec:
+        out.append((rec["step"], rec["rollout/reward_mean"]))
+  return out
+
