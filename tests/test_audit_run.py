@@ -1,0 +1,89 @@
+"""The world audit from the entry point: config -> zoo -> GRPO -> export ->
+success-rate protocol, on a zoo of random weights written by the test."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from auditdm_jax import main as main_lib
+from auditdm_jax.convert import orbax_io
+from auditdm_jax.eval import success_rate
+from auditdm_jax.eval import world_bench
+from auditdm_jax.models import arch as arch_lib
+from auditdm_jax.models.vlm import Model
+from auditdm_jax.world.zoo import load_config
+
+# One VQA arch for the target and every reference: one compiled answerer.
+ZOO = {"target": ("target", "paligemma2_world_s"),
+       "ref_paligemma_m": ("reference", "paligemma2_world_s"),
+       "ref_gemma_s": ("reference", "paligemma2_world_s"),
+       "ref_paligemma_s": ("reference", "paligemma2_world_s"),
+       "auditor": ("auditor", "gemma3_world_s")}
+GAPS = {"skill:colour&answer:purple": "colour_purple"}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+  root = tmp_path_factory.mktemp("zoo") / "export"
+  root.mkdir()
+  for i, (name, (role, arch)) in enumerate(ZOO.items()):
+    cfg = arch_lib.get(arch)
+    rng = np.random.default_rng(i)
+    params = jax.tree.map(
+        lambda a: (0.05 * rng.standard_normal(a.shape)).astype(np.float32),
+        Model(cfg).abstract_params())
+    orbax_io.save_params(params, root / name, cfg)
+    (root / f"{name}.json").write_text(json.dumps(
+        {"name": name, "role": role, "arch": arch,
+         "gap_splits": GAPS if role == "target" else {}}))
+  return root
+
+
+@pytest.fixture(scope="module")
+def audit_dir(zoo, tmp_path_factory):
+  config = load_config("configs/world/audit.py:quick")
+  with config.unlocked():
+    config.zoo = str(zoo)
+  workdir = tmp_path_factory.mktemp("audit")
+  main_lib.run(config, str(workdir))
+  return workdir
+
+
+def test_audit_task_trains_and_exports(audit_dir):
+  info = json.loads((audit_dir / "export" / "auditor.json").read_text())
+  assert info["steps"] == 2 and info["arch"] == "gemma3_world_s"
+  assert [s for s, _ in info["reward_curve"]] == [1, 2]
+  model, params = world_bench.load_export(audit_dir / "export" / "auditor")
+  assert model.cfg.name == "gemma3_world_s"
+  pairs = [json.loads(l) for l in
+           (audit_dir / "rollouts.jsonl").read_text().splitlines()]
+  assert len(pairs) == 2 * 2 * 2          # steps x sources x group
+  assert {p["mode"] for p in pairs} <= {"question", "image", "both"}
+
+
+def test_success_rate_cli(audit_dir, zoo, tmp_path, capsys):
+  out = tmp_path / "result.json"
+  rc = success_rate.main(["--zoo", str(zoo), "--n", "6",
+                          "--auditor", "untrained=zoo",
+                          "--auditor", f"trained={audit_dir}/export/auditor",
+                          "--out", str(out)])
+  assert rc == 0
+  result = json.loads(out.read_text())
+  assert set(result) == {"untrained", "trained"}
+  for r in result.values():
+    assert r["overall"]["n"] == 6
+    assert sum(m["n"] for m in r["modes"].values()) == 6
+    assert set(r["gaps"]) == {"colour_purple"}
+  # Both auditors faced the same images in the same modes.
+  assert ({m: v["n"] for m, v in result["trained"]["modes"].items()} ==
+          {m: v["n"] for m, v in result["untrained"]["modes"].items()})
+  assert "untrained" in capsys.readouterr().out
+
+
+def test_success_rate_cli_errors(zoo, tmp_path, capsys):
+  assert success_rate.main(["--zoo", str(tmp_path), "--n", "2"]) == 2
+  assert "error" in capsys.readouterr().err
+  assert success_rate.main(["--zoo", str(zoo), "--auditor", "oops"]) == 2
+  assert "NAME=PATH" in capsys.readouterr().err
