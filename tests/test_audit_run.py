@@ -87,3 +87,60 @@ def test_success_rate_cli_errors(zoo, tmp_path, capsys):
   assert "error" in capsys.readouterr().err
   assert success_rate.main(["--zoo", str(zoo), "--auditor", "oops"]) == 2
   assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_real_config_path_with_tiny_checkpoints(tmp_path, gemma_tokenizer_dir):
+  """configs/real/audit_paper.py's plumbing (checkpoints, tokenizer, JSONL
+  sources, gemma3 prompt set), with tiny random models standing in."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.audit import run as run_lib  # pylint: disable=g-import-not-at-top
+  paths = {}
+  for i, (name, arch) in enumerate([("target", "paligemma2_tiny"),
+                                    ("ref0", "paligemma2_tiny"),
+                                    ("ref1", "gemma3_tiny"),
+                                    ("auditor", "gemma3_tiny")]):
+    cfg = arch_lib.get(arch)
+    rng = np.random.default_rng(i)
+    params = jax.tree.map(
+        lambda a: (0.05 * rng.standard_normal(a.shape)).astype(np.float32),
+        Model(cfg).abstract_params())
+    paths[name] = str(orbax_io.save_params(params, tmp_path / name, cfg))
+  pool = tmp_path / "pool"
+  pool.mkdir()
+  with open(pool / "sources.jsonl", "w") as f:
+    for i in range(4):
+      Image.fromarray(np.full((40, 48, 3), 30 * i, np.uint8)).save(
+          pool / f"{i}.png")
+      f.write(json.dumps({"id": f"img{i}", "image": f"{i}.png",
+                          "question": "what is this?"}) + "\n")
+  config = load_config("configs/real/audit_paper.py")
+  with config.unlocked():
+    config.archs.update(target="paligemma2_tiny", auditor="gemma3_tiny",
+                        references=("paligemma2_tiny", "gemma3_tiny"))
+    config.checkpoints.update(target=paths["target"], auditor=paths["auditor"],
+                              references=(paths["ref0"], paths["ref1"]))
+    config.image_preprocess.references = ("siglip", "gemma3")
+    config.tokenizer = str(gemma_tokenizer_dir / "tokenizer.model")
+    config.sources = {"kind": "jsonl", "path": str(pool / "sources.jsonl"),
+                      "n": 0, "seed": 0}
+    config.sources_per_step = 2
+    config.rollout.update(group_size=2, max_new_tokens=6, prompt_len=0,
+                          mode_weights={"question": 1.0, "image": 0.0,
+                                        "both": 0.0})
+    config.backend = {"name": "world", "cache": False}
+    config.train.update(total_steps=1, mesh=None, param_dtype="float32",
+                        dtype="float32", remat=False, progress=False,
+                        warmup_fraction=None, warmup_steps=0,
+                        async_checkpointing=False)
+  info = run_lib.run_audit(config, tmp_path / "run")
+  assert info["steps"] == 1 and info["arch"] == "gemma3_tiny"
+  assert info["init"] == paths["auditor"]
+  pairs = [json.loads(l) for l in
+           (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+  assert len(pairs) == 4
+  assert {p["source_id"] for p in pairs} <= {f"img{i}" for i in range(4)}
+  # A checkpoint that is not the arch the config names is refused.
+  with config.unlocked():
+    config.archs.target = "paligemma2_3b_224"
+  with pytest.raises(ValueError, match="config.archs says"):
+    run_lib.build_rollout(config)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from auditdm_jax import imaging
 from auditdm_jax.audit import judge as judge_lib
 from auditdm_jax.audit import rollout as rollout_lib
-from auditdm_jax.audit.sources import WorldSources
+from auditdm_jax.audit.sources import JsonlSources, WorldSources
 from auditdm_jax.convert import orbax_io
 from auditdm_jax.data.world_tokenizer import world_tokenizer
 from auditdm_jax.eval import world_bench
@@ -68,13 +68,54 @@ def load_zoo_model(root: pathlib.Path, name: str):
 
 
 def vqa_models(config, root: pathlib.Path, tok):
-  """(target, [references]) as `rollout.VqaModel`s."""
+  """(target, [references]) of a world zoo as `rollout.VqaModel`s."""
   def one(name):
     model, params = load_zoo_model(root, name)
     return rollout_lib.VqaModel(name=name, model=model, params=params,
                                 tokenizer=tok,
                                 max_new_tokens=config.answer_max_tokens)
   return one(config.target), [one(n) for n in config.references]
+
+
+def uses_checkpoints(config) -> bool:
+  """Real models: `config.checkpoints` names Orbax checkpoints."""
+  ck = config.get("checkpoints")
+  return bool(ck and ck.get("target"))
+
+
+def _load_checkpoint(path: str, arch: str, role: str):
+  from auditdm_jax.models.vlm import Model  # pylint: disable=g-import-not-at-top
+  if not path:
+    raise ValueError(f"config.checkpoints has no path for the {role}")
+  cfg, params = orbax_io.load_checkpoint(path, dtype=jnp.float32)
+  if arch and cfg.name != arch:
+    raise ValueError(f"the {role} checkpoint {path} is {cfg.name}, but "
+                     f"config.archs says {arch}")
+  return Model(cfg), params
+
+
+def checkpoint_models(config, tok):
+  """(target, [references], auditor (model, params)) from checkpoints."""
+  ck, archs = config.checkpoints, config.get("archs", {})
+  pre = config.get("image_preprocess", {})
+  refs_pre = tuple(pre.get("references", ())) or ("siglip",) * len(
+      ck.references)
+  if len(ck.references) != len(refs_pre):
+    raise ValueError("image_preprocess.references needs one entry per "
+                     "reference checkpoint")
+  ref_archs = tuple(archs.get("references", ())) or ("",) * len(ck.references)
+
+  def vqa(name, path, arch, preprocess):
+    model, params = _load_checkpoint(path, arch, name)
+    return rollout_lib.VqaModel(name=name, model=model, params=params,
+                                tokenizer=tok, image_preprocess=preprocess,
+                                max_new_tokens=config.answer_max_tokens)
+  target = vqa("target", ck.target, archs.get("target", ""),
+               pre.get("target", "siglip"))
+  refs = [vqa(f"reference_{i}", p, a, r) for i, (p, a, r) in
+          enumerate(zip(ck.references, ref_archs, refs_pre))]
+  auditor = _load_checkpoint(ck.auditor, archs.get("auditor", ""), "auditor")
+  return target, refs, auditor
 
 
 def make_backend(config) -> imaging.ImageBackend:
@@ -109,14 +150,28 @@ def train_config(config, arch: str) -> TrainConfig:
                      config.rollout.group_size, **t)
 
 
+def tokenizer_of(config):
+  """The world tokenizer, or `config.tokenizer` (a SentencePiece model)."""
+  if config.get("tokenizer"):
+    from auditdm_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+    return Tokenizer(config.tokenizer)
+  return world_tokenizer()
+
+
 def build_rollout(config, tok=None):
   """(Rollout, auditor init params) from the config."""
-  tok = tok or world_tokenizer()
-  root = zoo_root(config)
-  target, refs = vqa_models(config, root, tok)
-  auditor_model, auditor_params = load_zoo_model(root, config.auditor)
-  auditor = rollout_lib.Auditor(model=auditor_model, tokenizer=tok,
-                                prompt_set=config.prompt_set)
+  tok = tok or tokenizer_of(config)
+  if uses_checkpoints(config):
+    target, refs, (auditor_model, auditor_params) = checkpoint_models(
+        config, tok)
+  else:
+    root = zoo_root(config)
+    target, refs = vqa_models(config, root, tok)
+    auditor_model, auditor_params = load_zoo_model(root, config.auditor)
+  pre = config.get("image_preprocess", {})
+  auditor = rollout_lib.Auditor(
+      model=auditor_model, tokenizer=tok, prompt_set=config.prompt_set,
+      image_preprocess=pre.get("auditor", "siglip") if pre else "siglip")
   rcfg = rollout_config(config)
   novelty = None
   if rcfg.reward.novelty_bonus:
@@ -124,6 +179,17 @@ def build_rollout(config, tok=None):
   roll = rollout_lib.Rollout(auditor, target, refs, make_backend(config),
                              rcfg, novelty=novelty)
   return roll, auditor_params
+
+
+def sources_of(config):
+  """The audit's source pool: world scenes or a JSONL file of images."""
+  s = config.sources
+  kind = s.get("kind", "world")
+  if kind == "world":
+    return WorldSources(s.n, s.seed)
+  if kind == "jsonl":
+    return JsonlSources(s.path, limit=s.get("n", 0) or None)
+  raise ValueError(f"unknown sources.kind {kind!r}; known: world, jsonl")
 
 
 def export_auditor(state, model, out: pathlib.Path, info: dict) -> None:
@@ -136,13 +202,12 @@ def export_auditor(state, model, out: pathlib.Path, info: dict) -> None:
 def run_audit(config, workdir: PathLike) -> dict[str, Any]:
   """Trains (or resumes) the auditor; exports it; returns the summary."""
   workdir = pathlib.Path(workdir)
-  tok = world_tokenizer()
+  tok = tokenizer_of(config)
   roll, init_params = build_rollout(config, tok)
   arch = roll.auditor.model.cfg.name
   tcfg = train_config(config, arch)
   gcfg = grpo_config(config)
-  s = config.sources
-  sources = WorldSources(s.n, s.seed)
+  sources = sources_of(config)
   t0 = time.perf_counter()
   max_s = float(config.get("max_minutes", 0) or 0) * 60 or None
   state = rl_loop.train(tcfg, gcfg, roll, sources, workdir,
@@ -153,8 +218,10 @@ def run_audit(config, workdir: PathLike) -> dict[str, Any]:
   wall = time.perf_counter() - t0
   step = int(jax.device_get(state.step))
   info = {"name": "auditor", "role": "auditor", "arch": arch, "steps": step,
-          "train_seconds": wall, "init": config.auditor,
-          "zoo": str(zoo_root(config)),
+          "train_seconds": wall,
+          "init": (config.checkpoints.auditor if uses_checkpoints(config)
+                   else config.auditor),
+          "zoo": "" if uses_checkpoints(config) else str(zoo_root(config)),
           "reward_curve": rl_loop.reward_curve(workdir)}
   export_auditor(state, roll.auditor.model, workdir / "export" / "auditor",
                  info)

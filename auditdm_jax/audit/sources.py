@@ -2,10 +2,11 @@
 
   sources = WorldSources(1000, seed=7)        # world images + their questions
   sources[3].picture.scene                    # the scene graph (JSON)
+  sources = JsonlSources("pool/sources.jsonl") # real images (see the class)
 
-World sources are training-side scenes (never `world_tfds.is_bench_scene`,
-so nothing an audit finds is a benchmark image) with one question of the
-world VQA distribution each — the dataset's own Q that the (Q, I*) mode
+World sources are training-side scenes (never `world_tfds.is_bench_scene`, so
+nothing an audit finds is a benchmark image) with one question of the world
+VQA distribution each — the dataset's own Q that the (Q, I*) mode
 asks about a counterfactual image. Item i is a pure function of (seed, i)
 and is rendered on access, so a pool of any size costs nothing up front.
 """
@@ -40,3 +41,51 @@ class WorldSources:
         id=f"{self.namespace}/{self.seed}/{i}",
         picture=Picture(pixels=ex["image"], scene=ex["scene"].to_json()),
         question=ex["question"], answer=ex["answer"])
+
+
+class JsonlSources:
+  """Source items from a JSON-lines file (real images).
+
+  Each line: {"id": str, "image": path (relative to the file's directory),
+  "question": str (optional), "answer": str (optional)}. The file is read
+  and checked up front (a missing field or image file names its line);
+  images are decoded on access.
+  """
+
+  def __init__(self, path, *, limit=None):
+    import json  # pylint: disable=g-import-not-at-top
+    import pathlib  # pylint: disable=g-import-not-at-top
+    self.path = pathlib.Path(path)
+    if not self.path.is_file():
+      raise FileNotFoundError(f"no source list at {self.path}")
+    self.rows = []
+    for n, line in enumerate(self.path.read_text().splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{self.path}:{n}: not JSON ({e})") from None
+      for key in ("id", "image"):
+        if not isinstance(row.get(key), str) or not row[key]:
+          raise ValueError(f"{self.path}:{n}: needs a non-empty {key!r}")
+      image = self.path.parent / row["image"]
+      if not image.is_file():
+        raise FileNotFoundError(f"{self.path}:{n}: no image file {image}")
+      self.rows.append({**row, "image": image})
+      if limit and len(self.rows) >= limit:
+        break
+    if not self.rows:
+      raise ValueError(f"{self.path} lists no sources")
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, i: int) -> SourceItem:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    row = self.rows[int(i)]
+    with Image.open(row["image"]) as im:
+      pixels = np.asarray(im.convert("RGB"), np.uint8)
+    return SourceItem(id=row["id"], picture=Picture(pixels=pixels),
+                      question=row.get("question"), answer=row.get("answer"))
