@@ -8,6 +8,8 @@ r"""The project's entry point (DESIGN.md §3), big_vision style.
 
   zoo    train the world model zoo (`auditdm_jax.world.zoo.train_zoo`)
   audit  train the auditor with GRPO (`auditdm_jax.audit.run.run_audit`)
+  sft    fine-tune a model (rectification) on a TFDS dataset
+         (`auditdm_jax.train.loop.train`; configs/real/sft_paligemma2.py)
 """
 
 from __future__ import annotations
@@ -34,7 +36,19 @@ def _audit(config, workdir: str, only=None) -> None:
   run.run_audit(config, workdir)
 
 
-TASKS = {"zoo": _zoo, "audit": _audit}
+def _sft(config, workdir: str, only=None) -> None:
+  """config.train: TrainConfig fields; config.data: a TFDS data_source."""
+  del only
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+  from auditdm_jax.train import TrainConfig, train
+  # pylint: enable=g-import-not-at-top
+  d = config.data
+  source = tfds.data_source(d.name, split=d.split, data_dir=d.data_dir or None)
+  train(TrainConfig.from_dict(config.train), workdir, source)
+
+
+TASKS = {"zoo": _zoo, "audit": _audit, "sft": _sft}
 
 
 def run(config, workdir: str, only=None) -> None:
