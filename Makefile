@@ -9,11 +9,29 @@ PYTEST_ARGS ?=
 
 # Creates the virtual environment when missing and installs the pinned stack
 # (re-runs when a requirements file changes).
+# Headless Chromium for tests/test_discover_report.py comes from Debian's
+# `chromium` package (browser downloads from CDNs are not an option): apt
+# installs it when running as root and no browser is found; otherwise a
+# warning, and that test fails (it never skips) until one is installed or
+# AUDITDM_CHROMIUM names one.
 $(STAMP): requirements.txt requirements-torch.txt requirements-dev.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
+	@if [ -n "$$AUDITDM_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1 \
+	    || command -v google-chrome-stable >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing headless Chromium (apt: chromium fonts-liberation) for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium fonts-liberation; \
+	else \
+	  echo "WARNING: no Chromium found; tests/test_discover_report.py will fail." \
+	    "As root: apt-get install -y --no-install-recommends chromium fonts-liberation" \
+	    "(or set AUDITDM_CHROMIUM=/path/to/chrome)." >&2; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)
