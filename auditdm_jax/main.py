@@ -8,6 +8,8 @@ r"""The project's entry point (DESIGN.md §3), big_vision style.
 
   zoo    train the world model zoo (`auditdm_jax.world.zoo.train_zoo`)
   audit  train the auditor with GRPO (`auditdm_jax.audit.run.run_audit`)
+  loop   the whole world loop: audit, harvest, taxonomy, rectify, evaluate,
+         report (`auditdm_jax.loop.run_loop`)
   sft    fine-tune a model (rectification) on a TFDS dataset
          (`auditdm_jax.train.loop.train`; configs/real/sft_paligemma2.py)
 """
@@ -48,7 +50,13 @@ def _sft(config, workdir: str, only=None) -> None:
   train(TrainConfig.from_dict(config.train), workdir, source)
 
 
-TASKS = {"zoo": _zoo, "audit": _audit, "sft": _sft}
+def _loop(config, workdir: str, only=None) -> None:
+  del only
+  from auditdm_jax import loop  # pylint: disable=g-import-not-at-top
+  loop.run_loop(config, workdir)
+
+
+TASKS = {"zoo": _zoo, "audit": _audit, "sft": _sft, "loop": _loop}
 
 
 def run(config, workdir: str, only=None) -> None:

@@ -82,6 +82,8 @@ def pair_record(step: int, p: Pair) -> dict[str, Any]:
       "error": p.error, "target_answer": p.target_answer,
       "reference_answers": list(p.reference_answers),
       "consensus": None if v is None else v.consensus,
+      "references_agree": bool(v is not None and v.references_agree),
+      "target_differs": bool(v is not None and v.target_differs),
       "reward": p.reward, "truth": p.truth, "skill": p.skill,
       "tags": sorted(p.tags),
       "image_scene": None if p.picture is None else p.picture.scene,
