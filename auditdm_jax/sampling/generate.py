@@ -99,6 +99,9 @@ def generate(model, params, tokenizer, texts: Sequence[str],
     res = sampler_lib.Sampler(model, buckets)(
         params, tokens, input_mask, mask_ar,
         None if ims is None else jnp.asarray(ims), key=sub, config=cfg)
+    vocab = tokenizer.vocab_size
     for row in np.asarray(jax.device_get(res.tokens)):
-      out.append(tokenizer.decode(row))
+      # A model's embedding table may be larger than its tokenizer (Gemma-3:
+      # 262,208 rows for 262,144 pieces); the extra ids have no text.
+      out.append(tokenizer.decode(row[row < vocab]))
   return out
