@@ -284,7 +284,10 @@ def create_state(model: Model, config: TrainConfig, params=None, *,
   trainable = params if lora is None else lora
   tx = make_optimizer(config, trainable_labels(config, trainable))
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
-  step, rng = jax.device_put((jnp.zeros((), jnp.int32), rng),
-                             (shardings.step, shardings.rng))
+  # Made by a jit rather than device_put: with several processes device_put
+  # rejects a typed key array for a sharding over other hosts' devices.
+  step, rng = jax.jit(lambda: (jnp.zeros((), jnp.int32),
+                               jax.random.key(config.seed)),
+                      out_shardings=(shardings.step, shardings.rng))()
   return TrainState(step=step, params=params, opt_state=opt_state, rng=rng,
                     lora=lora)
