@@ -2,7 +2,7 @@ r"""Training the world auditor with GRPO (issue #4): the paper's loop, on CPU.
 
   python -m auditdm_jax.main --config=configs/world/audit.py --workdir=/tmp/audit
   python -m auditdm_jax.main --config=configs/world/audit.py \
-      --config.zoo=/tmp/zoo/export --workdir=/tmp/audit
+      --config.zoo=ZOO_DIR/export --workdir=/tmp/audit
   python -m auditdm_jax.main --config=configs/world/audit.py:quick ...   # tests
 
 The auditor starts from the zoo's prompt-only initialisation (a tiny Gemma-3

@@ -3,7 +3,7 @@ rectify, evaluate, report.
 
   python -m auditdm_jax.main --config=configs/world/loop.py --workdir=/tmp/loop
   python -m auditdm_jax.main --config=configs/world/loop.py \
-      --config.audit.zoo=/work/zoo/export --workdir=/tmp/loop
+      --config.audit.zoo=ZOO_DIR/export --workdir=/tmp/loop
 
 `audit` is configs/world/audit.py (the GRPO run; its `zoo` names the
 models); the other blocks size the later stages. Variants: "" (the demo
