@@ -89,11 +89,17 @@ def test_success_rate_cli_errors(zoo, tmp_path, capsys):
   assert "NAME=PATH" in capsys.readouterr().err
 
 
-def test_real_config_path_with_tiny_checkpoints(tmp_path, gemma_tokenizer_dir):
+def test_real_config_path_with_tiny_checkpoints(tmp_path, make_gemma_corpus):
   """configs/real/audit_paper.py's plumbing (checkpoints, tokenizer, JSONL
   sources, gemma3 prompt set), with tiny random models standing in."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from auditdm_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   from auditdm_jax.audit import run as run_lib  # pylint: disable=g-import-not-at-top
+  # Exactly the tiny models' 512 ids: a bigger tokenizer is refused when
+  # prompts are encoded, a smaller one cannot decode every sampled id.
+  tok_path = tmp_path / "tok" / "tokenizer.model"
+  tok_lib.train_test_tokenizer(make_gemma_corpus(), tok_path, vocab_size=512,
+                               num_loc=0, num_seg=0)
   paths = {}
   for i, (name, arch) in enumerate([("target", "paligemma2_tiny"),
                                     ("ref0", "paligemma2_tiny"),
@@ -120,7 +126,7 @@ def test_real_config_path_with_tiny_checkpoints(tmp_path, gemma_tokenizer_dir):
     config.checkpoints.update(target=paths["target"], auditor=paths["auditor"],
                               references=(paths["ref0"], paths["ref1"]))
     config.image_preprocess.references = ("siglip", "gemma3")
-    config.tokenizer = str(gemma_tokenizer_dir / "tokenizer.model")
+    config.tokenizer = str(tok_path)
     config.sources = {"kind": "jsonl", "path": str(pool / "sources.jsonl"),
                       "n": 0, "seed": 0}
     config.sources_per_step = 2

@@ -48,8 +48,14 @@ class JsonlSources:
 
   Each line: {"id": str, "image": path (relative to the file's directory),
   "question": str (optional), "answer": str (optional)}. The file is read
-  and checked up front (a missing field or image file names its line);
-  images are decoded on access.
+  and checked up front: a line that is not JSON, lacks a field, names a
+  missing file, or a file PIL cannot identify as an image (or one past
+  PIL's decompression-bomb limit) raises naming its line, before any work
+  is done. Images are decoded on access, converted to RGB the way the
+  models' preprocessing does (`image_preprocessing.to_rgb_uint8`:
+  grayscale / CMYK converted, transparency onto white, 16-bit scaled), and
+  an image that fails to decode then (a truncated file) raises ValueError
+  naming its line.
   """
 
   def __init__(self, path, *, limit=None):
@@ -72,7 +78,8 @@ class JsonlSources:
       image = self.path.parent / row["image"]
       if not image.is_file():
         raise FileNotFoundError(f"{self.path}:{n}: no image file {image}")
-      self.rows.append({**row, "image": image})
+      _check_image_header(image, f"{self.path}:{n}")
+      self.rows.append({**row, "image": image, "line": n})
       if limit and len(self.rows) >= limit:
         break
     if not self.rows:
@@ -82,10 +89,30 @@ class JsonlSources:
     return len(self.rows)
 
   def __getitem__(self, i: int) -> SourceItem:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     from PIL import Image  # pylint: disable=g-import-not-at-top
+    from auditdm_jax.data import image_preprocessing  # pylint: disable=g-import-not-at-top
     row = self.rows[int(i)]
-    with Image.open(row["image"]) as im:
-      pixels = np.asarray(im.convert("RGB"), np.uint8)
+    try:
+      with Image.open(row["image"]) as im:
+        pixels = image_preprocessing.to_rgb_uint8(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      raise ValueError(f"{self.path}:{row['line']}: image {row['image']} "
+                       f"cannot be decoded: {type(e).__name__}: {e}") from None
     return SourceItem(id=row["id"], picture=Picture(pixels=pixels),
                       question=row.get("question"), answer=row.get("answer"))
+
+
+def _check_image_header(path, where: str) -> None:
+  """Raises ValueError unless PIL identifies `path` as an image of a size it
+  accepts (reads the header only)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      w, h = im.size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    # UnidentifiedImageError is an OSError; DecompressionBombError is
+    # raised by open() for images past 2x Image.MAX_IMAGE_PIXELS.
+    raise ValueError(f"{where}: {path} is not a readable image: "
+                     f"{type(e).__name__}: {e}") from None
+  if w < 1 or h < 1:
+    raise ValueError(f"{where}: {path} is an empty image ({w}x{h})")

@@ -280,7 +280,8 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ArchConfig,
     cfg: the architecture the params are for.
     dtype: cast every param to this dtype (default: keep the file's).
   Raises:
-    CheckpointMismatch listing every missing / unexpected / mis-shaped key.
+    CheckpointMismatch listing every missing / unexpected / mis-shaped key
+    and every tensor of a non-floating dtype.
   """
   rules = [(r, _compile(r)) for r in _rules(cfg)]
   shapes = _abstract_shapes(cfg)
@@ -308,6 +309,14 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ArchConfig,
     layer = int(mo.group(1)) if rule.layered else None
     if layer is not None and layer >= _num_layers(cfg, rule.path):
       unexpected.append(key)
+      continue
+    kind = np.dtype(getattr(arr, "dtype", np.float32)).kind
+    # "f" numpy floats, "V" ml_dtypes' (bfloat16, float8); integer or bool
+    # weights are a broken export, and stacking them with float layers
+    # would silently give float64 params.
+    if kind not in "fV":
+      other.append(f"{key}: dtype {arr.dtype} is not a floating type")
+      reported.add((rule.path, layer, rule.slot))
       continue
     want = hf_shapes.get(id(rule))
     if want is not None and tuple(np.shape(arr)) != want:

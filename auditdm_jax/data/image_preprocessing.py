@@ -90,22 +90,29 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
   """Converts an image to uint8[H, W, 3] the way transformers does.
 
   Args:
-    image: a PIL image of any mode (RGBA, LA and palette images with
-      transparency are composited onto white with PIL), or a uint8 array of
-      shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (channels last; RGBA is
-      composited onto white in float64 and rounded, as transformers' numpy
-      path does). transformers rejects 2-D arrays; we read them as grayscale.
+    image: a PIL image of any 8-bit mode (RGBA, LA and palette images with
+      transparency are composited onto white with PIL; L, CMYK, YCbCr...
+      are converted by PIL) or a 16-bit grayscale one (mode I;16*, or I
+      with values in [0, 65535]: scaled to 8 bits, value >> 8, where PIL's
+      own conversion, and so transformers', clips everything above 255 to
+      white), or a uint8 array of shape [H, W], [H, W, 1], [H, W, 3] or
+      [H, W, 4] (channels last; RGBA is composited onto white in float64 and
+      rounded, as transformers' numpy path does). transformers rejects 2-D
+      arrays; we read them as grayscale.
 
   Returns:
     uint8[H, W, 3].
 
   Raises:
     TypeError: not a PIL image or array, or an array that is not uint8.
-    ValueError: an array of another shape, or an empty image.
+    ValueError: an array of another shape, an empty image, or a PIL image
+      of a mode without an 8-bit meaning (F, or I beyond 16 bits).
   """
   if isinstance(image, Image.Image):
     if image.width == 0 or image.height == 0:
       raise ValueError(f"empty image of size {image.size}")
+    if image.mode.startswith("I") or image.mode == "F":
+      return _high_depth_to_rgb(image)
     has_alpha = ("A" in image.getbands()
                  or image.info.get("transparency") is not None)
     if has_alpha:
@@ -138,6 +145,19 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     rgb = alpha * image[..., :3] + (1.0 - alpha) * 255.0  # onto white
     return np.round(rgb).astype(np.uint8)
   return image
+
+
+def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
+  """16-bit grayscale -> uint8[H, W, 3] (top 8 bits); other deep modes are
+  refused rather than clipped into a white picture."""
+  arr = np.asarray(image)
+  if image.mode == "F" or arr.size and (int(arr.min()) < 0
+                                         or int(arr.max()) > 65535):
+    raise ValueError(f"image mode {image.mode} ({arr.dtype}, values "
+                     f"{arr.min()}..{arr.max()}) has no 8-bit range; convert "
+                     "it to L or RGB first")
+  gray = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+  return np.repeat(gray[:, :, None], 3, axis=-1)
 
 
 def preprocess(image: ImageLike, spec: ImageSpec) -> np.ndarray:

@@ -801,14 +801,16 @@ def build_from_args(args: argparse.Namespace):
       temperature=args.temperature, max_new_tokens=args.max_new_tokens,
       seed=args.seed,
       reward=judge_lib.RewardConfig(consensus=args.consensus))
-  tok = world_tokenizer()
-  root = run_lib.zoo_root(cfg)
-  target, refs = run_lib.vqa_models(cfg, root, tok)
-  specs = [load_auditor(a, root) for a in (args.auditor or ["untrained=zoo"])]
+  # The source pool first: it is checked up front and cheap, so a bad one
+  # fails before any model is loaded.
   if args.sources == "world":
     sources = WorldSources(args.n, args.pool_seed, namespace=NAMESPACE)
   else:
     sources = JsonlSources(args.sources, limit=args.n)
+  tok = world_tokenizer()
+  root = run_lib.zoo_root(cfg)
+  target, refs = run_lib.vqa_models(cfg, root, tok)
+  specs = [load_auditor(a, root) for a in (args.auditor or ["untrained=zoo"])]
   make = rollout_factory(target, refs, run_lib.make_backend(cfg), rcfg, tok)
   return specs, sources, make
 

@@ -866,8 +866,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     data = load(args.data)
     index = write_report(data, args.out, max_examples=args.max_examples)
-  except (ReportError, json.JSONDecodeError, FileExistsError,
-          FileNotFoundError) as e:
+  except json.JSONDecodeError as e:
+    print(f"error: {args.data} is not JSON: {e}", file=sys.stderr)
+    return 2
+  except (ReportError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(index)

@@ -289,16 +289,31 @@ def evaluate_zoo(zoo: PathLike, data_dir: Optional[PathLike] = None, *,
                  limit: Optional[int] = None, n_per_kind: int = 200,
                  bench_config: Optional[dict] = None,
                  only: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  """{'models': {name: {split: acc, 'mean'}}, 'auditor': validity, ...}."""
+  """{'models': {name: {split: acc, 'mean'}}, 'auditor': validity, ...}.
+
+  Raises:
+    FileNotFoundError: `zoo` holds no exported models (checked before the
+      benchmark data is built, which a wrong path would otherwise cost).
+    ValueError: `only` names models the zoo does not have.
+  """
   from auditdm_jax.data.world_tokenizer import world_tokenizer  # pylint: disable=g-import-not-at-top
   zoo = pathlib.Path(zoo)
+  models = zoo_models(zoo)
+  if not models:
+    raise FileNotFoundError(
+        f"no exported models in {_export_root(zoo)} (NAME.json + NAME/ "
+        "pairs, as `python -m auditdm_jax.main --config=configs/world/zoo.py` "
+        "writes under WORKDIR/export)")
+  unknown = sorted(set(only or ()) - set(models))
+  if unknown:
+    raise ValueError(f"--only names {unknown}, not in the zoo ({sorted(models)})")
   if data_dir is None:
     base = zoo.parent if zoo.name == "export" else zoo
     data_dir = base / "data"
   sources = bench_sources(data_dir, **(bench_config or {}))
   tok = world_tokenizer()
   result: dict[str, Any] = {"models": {}, "gaps": {}, "seconds": {}}
-  for name, info in zoo_models(zoo).items():
+  for name, info in models.items():
     if only and name not in only:
       continue
     t0 = time.perf_counter()
@@ -378,9 +393,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   tfds.disable_progress_bar()
   bench = ({"examples_per_split": args.examples_per_split}
            if args.examples_per_split else None)
-  result = evaluate_zoo(args.zoo, args.data_dir, limit=args.limit,
-                        n_per_kind=args.n_per_kind, bench_config=bench,
-                        only=[s for s in args.only.split(",") if s] or None)
+  try:
+    result = evaluate_zoo(args.zoo, args.data_dir, limit=args.limit,
+                          n_per_kind=args.n_per_kind, bench_config=bench,
+                          only=[s for s in args.only.split(",") if s] or None)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(format_table(result))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -104,18 +104,22 @@ class Picture:
 
   @classmethod
   def from_png(cls, data: bytes, scene: Optional[str] = None) -> Picture:
-    """Decodes PNG (or any PIL-readable) bytes; non-RGB modes become RGB.
+    """Decodes PNG (or any PIL-readable) bytes; non-RGB modes become RGB
+    as the models' preprocessing converts them
+    (`image_preprocessing.to_rgb_uint8`: transparency onto white, 16-bit
+    scaled, not clipped).
 
     Raises:
       ValueError: if the bytes are not a readable image.
     """
+    # pylint: disable-next=g-import-not-at-top
+    from auditdm_jax.data import image_preprocessing
     if not isinstance(data, (bytes, bytearray, memoryview)):
       raise ValueError(f"from_png needs bytes, got {type(data).__name__}")
     try:
       with Image.open(io.BytesIO(bytes(data))) as img:
         img.load()
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
-        pixels = np.asarray(rgb, dtype=np.uint8)
+        pixels = image_preprocessing.to_rgb_uint8(img)
     except Exception as e:  # pylint: disable=broad-except  # PIL raises many.
       raise ValueError(f"not a readable image ({len(data)} bytes): "
                        f"{type(e).__name__}: {e}") from None

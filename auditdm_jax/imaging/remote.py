@@ -3,6 +3,9 @@
   backend = RemoteBackend("http://gpu-host:8765", timeout=600, retries=3)
   backend = get_backend("remote", url="http://gpu-host:8765")
   backend.edit(pictures, instructions, seed=0)    # same results as there
+  # from the shell: is the service there, and does it answer?
+  python -m auditdm_jax.imaging.serve --check http://gpu-host:8765 \
+      [--check_generate "two red circles"]
 
 TPU hosts send image work to a GPU machine running
 `python -m auditdm_jax.imaging.serve`. Pictures travel as PNG, so results
@@ -193,3 +196,4 @@ class RemoteBackend(base.ImageBackend):
 
   def __repr__(self) -> str:
     return f"RemoteBackend({self.url!r})"
+

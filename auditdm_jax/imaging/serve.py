@@ -6,7 +6,11 @@ r"""An HTTP service in front of any registered image backend.
                          "device": "cuda"}' \
       --host=0.0.0.0 --port=8765 --cache_dir=/tmp/imgcache
 
-and, on the TPU host, `get_backend("remote", url="http://gpu-host:8765")`.
+and, on the TPU host, `get_backend("remote", url="http://gpu-host:8765")`;
+there, `python -m auditdm_jax.imaging.serve --check http://gpu-host:8765
+[--check_generate CAPTION]` asks the service the way RemoteBackend does
+(retries with backoff) and exits 0, or 2 with the reason (down, too slow,
+answering outside the protocol).
 In code (tests): `server = make_server(backend, port=0)`, then
 `server.serve_forever()` in a thread; `server.url` is where it listens.
 
@@ -181,12 +185,44 @@ def build_backend(name: str, backend_kwargs: str = "{}",
                              max_items=max_cache_items)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def check(url: str, *, timeout: float = 60.0, retries: int = 3,
+          backoff: float = 1.0, caption: Optional[str] = None) -> int:
+  """Asks the service at `url` for /health (and one generate); 0 or 2."""
+  from auditdm_jax.imaging import remote  # pylint: disable=g-import-not-at-top
+  try:
+    backend = remote.RemoteBackend(url, timeout=timeout, retries=retries,
+                                   backoff=backoff)
+    health = backend.health()
+    print(f"ok: {url} serves {health.get('backend')} (cache_id "
+          f"{health.get('cache_id')})", flush=True)
+    if caption is not None:
+      result = backend.generate([caption], seed=0)[0]
+      print(f"generate: {result.picture!r}" if result.ok
+            else f"generate: per-item error: {result.error}", flush=True)
+  except (remote.RemoteError, NotImplementedError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
   import argparse  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(
       prog="python -m auditdm_jax.imaging.serve",
-      description="Serve an image backend over HTTP (see protocol.py).")
-  p.add_argument("--backend", required=True, help="registry name")
+      description="Serve an image backend over HTTP (see protocol.py), or "
+                  "--check a running service.")
+  p.add_argument("--check", default=None, metavar="URL",
+                 help="do not serve: check the service at URL and exit 0, "
+                 "or 2 with the reason")
+  p.add_argument("--check_generate", default=None, metavar="CAPTION",
+                 help="with --check: also generate one image")
+  p.add_argument("--timeout", type=float, default=60.0,
+                 help="with --check: seconds per answer")
+  p.add_argument("--retries", type=int, default=3,
+                 help="with --check: retries after a connection error / 5xx")
+  p.add_argument("--backoff", type=float, default=1.0,
+                 help="with --check: first retry delay (doubles)")
+  p.add_argument("--backend", default=None, help="registry name")
   p.add_argument("--backend_kwargs", default="{}",
                  help="JSON object of the backend's keyword arguments")
   p.add_argument("--host", default="127.0.0.1")
@@ -196,6 +232,11 @@ def main(argv: Optional[list[str]] = None) -> None:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(message)s")
+  if args.check:
+    return check(args.check, timeout=args.timeout, retries=args.retries,
+                 backoff=args.backoff, caption=args.check_generate)
+  if not args.backend:
+    p.error("--backend is required (or --check URL)")
   try:
     backend = build_backend(args.backend, args.backend_kwargs, args.cache_dir,
                             args.max_cache_items)
@@ -209,7 +250,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     pass
   finally:
     server.server_close()
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -23,10 +23,22 @@ novelty window), `reference/` (full fine-tuning with KL only),
 (every pair of every step: completion, question, instruction, answers,
 reward, oracle truth, so failures can be harvested later), `summary.json`.
 
-Resuming restores the latest checkpoint and drops lines of the two JSONL
-files written after it, so a killed run continued to the end has exactly
-the files and parameters of an uninterrupted one (rollouts are pure
-functions of (params, sources, key)).
+Resuming restores the latest usable checkpoint (a damaged one is reported
+and skipped: `train/checkpoint.py`) and drops lines of the two JSONL files
+written after it, so a killed run continued to the end has exactly the
+files and parameters of an uninterrupted one (rollouts are pure functions
+of (params, sources, key); tests/test_preemption.py kills it at random).
+
+Non-finite steps: a step whose loss or grad_norm is NaN / Inf is reported
+(`logging.warning` with the step, the batch and the value) before anything
+of it is logged or saved; the last checkpoint is restored, the JSONL lines
+after it are dropped, and the steps are run again with that step's batch
+(its sources and rollout key) skipped. The batch counter is checkpointed
+("batch" in the data state; it equals the step until a batch is skipped),
+so resuming stays exact. At most `max_bad_steps` non-finite steps in a row
+(no finite step beyond the last bad one in between) are rolled back; the
+next raises `FloatingPointError`, as does the first one when there is no
+checkpoint yet. The summary lists the rollbacks.
 """
 
 from __future__ import annotations
@@ -90,20 +102,16 @@ def pair_record(step: int, p: Pair) -> dict[str, Any]:
   }
 
 
-def _truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
-  """Keeps only the lines with "step" <= last_step (atomic rewrite)."""
-  if not path.exists():
-    return
-  keep = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      if json.loads(line).get("step", 0) <= last_step:
-        keep.append(line)
-    except ValueError:
-      break  # a torn last line from a kill: drop it and what follows
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-  os.replace(tmp, path)
+# Kept for callers of the old private name.
+_truncate_jsonl = metrics_lib.truncate_jsonl
+
+
+def _reset_novelty(rollout: Rollout, recent: Sequence[str]) -> None:
+  """The rollout's novelty window refilled from a checkpoint's questions."""
+  if rollout.novelty is not None:
+    rollout.novelty = type(rollout.novelty)(rollout.novelty.window)
+    for q in recent:
+      rollout.novelty.add(q)
 
 
 def _reference_params(model, config: TrainConfig, grpo_config: GrpoConfig,
@@ -137,7 +145,8 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
           sources_per_step: int, params: Any = None,
           num_steps: Optional[int] = None, novelty_window: int = 0,
           write_rollouts: bool = True,
-          max_seconds: Optional[float] = None) -> state_lib.TrainState:
+          max_seconds: Optional[float] = None,
+          max_bad_steps: int = 3) -> state_lib.TrainState:
   """Trains the auditor with GRPO to `config.total_steps` (or resumes).
 
   Args:
@@ -155,11 +164,14 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
       the rollout's NoveltyTracker is refilled from the checkpoint).
     write_rollouts: append every pair to rollouts.jsonl.
     max_seconds: stop (and checkpoint) at the first step past this wall time.
+    max_bad_steps: non-finite steps in a row that are rolled back (module
+      docstring) before giving up; 0 = give up at the first.
   Returns:
     The final TrainState.
+  Raises:
+    FloatingPointError: see max_bad_steps.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   g = rollout.config.group_size
   if grpo_config.group_size != g:
     raise ValueError(f"grpo group_size {grpo_config.group_size} != rollout "
@@ -179,15 +191,19 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
   logprob_fn = rl_step.make_logprob_fn(model, grpo_config, mesh)
   primary = jax.process_index() == 0
 
+  # After the checks above: a refused run leaves no workdir behind.
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer.for_workdir(workdir, config)
   writer = metrics_lib.MetricWriter(workdir)
+  abstract = state_lib.abstract_state(model, config)
   recent: list[str] = []
+  batch_no = 0        # The data position: step, plus batches skipped.
   try:
     if ckpt.latest_step() is not None:
-      state, data_state = ckpt.restore(
-          state_lib.abstract_state(model, config), step_fn.state_shardings)
+      state, data_state = ckpt.restore(abstract, step_fn.state_shardings)
       recent = list(data_state.get("novelty", []))
       start = int(jax.device_get(state.step))
+      batch_no = int(data_state.get("batch", start))
       logging.info("resumed %s at step %d", workdir, start)
     else:
       if params is None and config.init_from:
@@ -201,14 +217,9 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
             indent=2, sort_keys=True) + "\n")
     if primary:
       # Lines past the checkpoint come from steps that will run again.
-      _truncate_jsonl(workdir / "metrics.jsonl", start)
-      _truncate_jsonl(workdir / "rollouts.jsonl", start)
-      writer.close()
-      writer = metrics_lib.MetricWriter(workdir)
-    if rollout.novelty is not None:
-      rollout.novelty = type(rollout.novelty)(rollout.novelty.window)
-      for q in recent:
-        rollout.novelty.add(q)
+      metrics_lib.truncate_jsonl(workdir / "rollouts.jsonl", start)
+    writer.rewind(start)
+    _reset_novelty(rollout, recent)
     ref_params = _reference_params(model, config, grpo_config, state,
                                    workdir)
 
@@ -216,22 +227,60 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
     if num_steps is not None:
       end = min(end, start + num_steps)
     base_key = jax.random.key(config.seed)
-    rollouts_file = (open(workdir / "rollouts.jsonl", "a", encoding="utf-8")
+    rollouts_path = workdir / "rollouts.jsonl"
+    rollouts_file = (open(rollouts_path, "a", encoding="utf-8")
                      if write_rollouts and primary else None)
     t0 = time.perf_counter()
     last: dict = {}
     done = start
+    skip: set[int] = set()      # batch numbers of non-finite steps
+    rollbacks: list[dict] = []
+    bad_in_a_row, last_bad = 0, -1
+
+    def roll_back(step_b: int, batch_b: int, key: str, value: float) -> int:
+      """Restores the last checkpoint past a non-finite step; its step."""
+      nonlocal state, recent, batch_no, rollouts_file, bad_in_a_row, last_bad
+      bad_in_a_row += 1
+      last_bad = max(last_bad, step_b)
+      what = f"non-finite {key} ({value}) at step {step_b} (batch {batch_b})"
+      if bad_in_a_row > max_bad_steps:
+        raise FloatingPointError(
+            f"{what}: {bad_in_a_row} non-finite GRPO steps in a row (the last "
+            f"checkpoint's weights may be bad, or the learning rate "
+            f"diverges); rollbacks so far: {rollbacks}")
+      if ckpt.latest_step() is None:
+        raise FloatingPointError(f"{what}, and no checkpoint to roll back to")
+      state, data_state = ckpt.restore(abstract, step_fn.state_shardings)
+      back = int(jax.device_get(state.step))
+      recent = list(data_state.get("novelty", []))
+      batch_no = int(data_state.get("batch", back))
+      _reset_novelty(rollout, recent)
+      skip.add(batch_b)
+      rollbacks.append({"step": step_b, "batch": batch_b, "metric": key,
+                        "value": str(value), "restored": back})
+      logging.warning("%s %s: rolled back to the checkpoint at step %d; "
+                      "that batch is skipped", workdir, what, back)
+      writer.rewind(back)
+      if rollouts_file is not None:
+        rollouts_file.close()
+        metrics_lib.truncate_jsonl(rollouts_path, back)
+        rollouts_file = open(rollouts_path, "a", encoding="utf-8")
+      return back
+
     try:
       with tqdm.tqdm(total=config.total_steps, initial=start,
                      disable=not (config.progress and primary),
                      desc=f"grpo {config.arch}", dynamic_ncols=True) as bar:
-        for step in range(start, end):
+        step = start
+        while step < end:
+          while batch_no in skip:
+            batch_no += 1
           t_step = time.perf_counter()
-          idx = source_indices(step, sources_per_step, len(sources),
+          idx = source_indices(batch_no, sources_per_step, len(sources),
                                config.seed)
           policy = state.model_params()
           out = rollout(policy, [sources[i] for i in idx],
-                        key=jax.random.fold_in(base_key, step))
+                        key=jax.random.fold_in(base_key, batch_no))
           t_roll = time.perf_counter() - t_step
           adv = np.asarray(grpo.group_advantages(
               jnp.asarray(out.rewards), g, grpo_config.advantage_scale,
@@ -246,10 +295,21 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
             batch["ref_logprobs"] = np.zeros(batch["completion"].shape,
                                              np.float32)
           state, m = step_fn(state, batch)
-          done = step + 1
+          m = {k: float(v) for k, v in jax.device_get(m).items()}
+          bad = next(((k, m[k]) for k in ("loss", "grad_norm")
+                      if k in m and not np.isfinite(m[k])), None)
+          if bad is not None:
+            # Before anything of this step is logged or saved.
+            step = roll_back(step + 1, batch_no, *bad)
+            bar.n = step
+            bar.refresh()
+            continue
+          done = step = step + 1
+          batch_no += 1
+          if done > last_bad:
+            bad_in_a_row = 0
           metrics = {f"rollout/{k}": v for k, v in out.metrics().items()}
-          metrics.update({f"train/{k}": float(v)
-                          for k, v in jax.device_get(m).items()})
+          metrics.update({f"train/{k}": v for k, v in m.items()})
           metrics["time/rollout_s"] = t_roll
           metrics["time/step_s"] = time.perf_counter() - t_step
           writer.write_scalars(done, metrics)
@@ -260,16 +320,14 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
           recent = (recent + out.questions_asked)[-novelty_window:] \
               if novelty_window else []
           last = metrics
-          if not np.isfinite(metrics["train/loss"]):
-            raise FloatingPointError(
-                f"GRPO loss is {metrics['train/loss']} at step {done}")
           bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
                           valid=f"{metrics['rollout/validity']:.2f}")
           bar.update(1)
           if (config.checkpoint_every and done % config.checkpoint_every == 0
               and done != end):
             writer.flush()
-            ckpt.save(state, {"step": done, "novelty": recent}, config)
+            ckpt.save(state, {"step": done, "batch": batch_no,
+                              "novelty": recent}, config)
           if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             logging.info("time budget reached at step %d", done)
             break
@@ -278,10 +336,12 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
         rollouts_file.close()
     if done > start or ckpt.latest_step() is None:
       writer.flush()
-      ckpt.save(state, {"step": done, "novelty": recent}, config)
+      ckpt.save(state, {"step": done, "batch": batch_no, "novelty": recent},
+                config)
     writer.write_summary({
         "step": done, "total_steps": config.total_steps,
         "finished": done == config.total_steps, "resumed_from": start,
+        "rollbacks": rollbacks,
         "wall_seconds": time.perf_counter() - t0, "last": last,
         "config": {"train": config.to_dict(), "grpo": grpo_config.to_dict()}})
     writer.flush()

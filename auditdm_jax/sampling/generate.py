@@ -57,6 +57,17 @@ def encode_prompts(model, tokenizer, texts: Sequence[str],
       image_token_id=arch.image_token_id) for t in texts]
   padded = prompts_lib.pad_batch(ps, length, side=side,
                                  pad_id=tokenizer.pad_id)
+  # The jitted embedder clips ids (it must, for PaliGemma's placeholder past
+  # the vocabulary), so a tokenizer that is not the model's would sample on
+  # silently wrong tokens: refuse it here, on the host.
+  ids = padded.tokens[padded.input_mask.astype(bool)]
+  if arch.image_token_id is not None:
+    ids = ids[ids != arch.image_token_id]
+  if ids.size and int(ids.max()) >= arch.text.vocab_size:
+    raise ValueError(
+        f"token id {int(ids.max())} is outside {arch.name}'s vocabulary of "
+        f"{arch.text.vocab_size}: the tokenizer ({tokenizer.vocab_size} "
+        "pieces) does not belong to this model")
   ims = None
   if images is not None:
     spec = image_preprocessing.get_spec(image_preprocess,

@@ -131,8 +131,12 @@ class TrainConfig:
       object.__setattr__(self, name, tuple(value))
     if self.mesh is not None:
       items = self.mesh.items() if isinstance(self.mesh, Mapping) else self.mesh
-      object.__setattr__(self, "mesh",
-                         tuple((str(a), int(s)) for a, s in items))
+      try:
+        mesh = tuple((str(a), int(s)) for a, s in items)
+      except (TypeError, ValueError):
+        raise ValueError(f"TrainConfig: mesh must be [(axis, size), ...] or "
+                         f"None, got {self.mesh!r}") from None
+      object.__setattr__(self, "mesh", mesh)
     self._validate()
 
   def _validate(self):

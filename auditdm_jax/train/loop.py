@@ -6,13 +6,31 @@
 progress bar, the metric files, the evaluator calls and the checkpoints,
 and calls the pure jitted step (`step.make_train_step`) in between.
 
-Resuming: when `workdir/checkpoints` holds a checkpoint, the latest one is
-restored straight into the step's shardings together with the data
-iterator position, and training continues to `cfg.total_steps`; the result
-is bitwise the one of an uninterrupted run (same process count and mesh).
+Resuming: when `workdir/checkpoints` holds a checkpoint, the latest usable
+one (a damaged one is reported and skipped: `checkpoint.py`) is restored
+straight into the step's shardings together with the data iterator
+position, metrics.jsonl lines of later steps are dropped (they will be
+logged again), and training continues to `cfg.total_steps`; the result is
+bitwise the one of an uninterrupted run (same process count and mesh),
+however often the process was killed (tests/test_preemption.py).
 `num_steps` stops a call early (time-sliced jobs, tests), and so does
 `max_seconds` (a wall-time budget, checked every `log_every` steps): either
 saves a checkpoint where it stops, and the next call picks up from there.
+
+Non-finite steps: the loss and grad_norm of every step are checked on the
+host at each log, eval and checkpoint boundary (and at the end), before
+anything is logged, evaluated or saved, so no checkpoint ever holds the
+result of a non-finite step. A NaN / Inf there is reported
+(`logging.warning` with the step, the batch index and the value), the last
+checkpoint is restored, metric lines after it are dropped, and the steps
+are run again with the offending batch skipped (the data stream is the same
+minus that batch: the good steps in between repeat bitwise). At most
+`max_bad_steps` non-finite steps in a row (no finite step beyond the last
+bad one in between) are rolled back; the next one raises
+`FloatingPointError` (poisoned weights in the checkpoint itself, or a
+learning rate that diverges, would otherwise loop), and so does the first
+one when there is no checkpoint yet to go back to. The summary lists the
+rollbacks.
 
 Files in `workdir`: `config.json` (the run config), `checkpoints/`,
 `metrics.jsonl`, `tensorboard/` and `summary.json` (see `metrics.py`).
@@ -86,11 +104,28 @@ def _mean_metrics(window: Sequence[Mapping[str, jax.Array]]) -> dict:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+# Step metrics that must be finite; anything else rolls the step back.
+CHECKED_METRICS = ("loss", "grad_norm")
+
+
+def first_nonfinite(steps: Sequence[tuple[int, int, Mapping[str, Any]]]
+                    ) -> Optional[tuple[int, int, str, float]]:
+  """(step, batch index, metric, value) of the first step of `steps`
+  ([(step, batch index, metrics)]) whose loss or grad_norm is NaN / Inf."""
+  host = jax.device_get([m for _, _, m in steps])
+  for (step, index, _), m in zip(steps, host):
+    for k in CHECKED_METRICS:
+      if k in m and not np.isfinite(m[k]):
+        return step, index, k, float(m[k])
+  return None
+
+
 def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
           eval_fn: Optional[EvalFn] = None, *,
           tokenizer: Optional[Tokenizer] = None, params: Any = None,
           num_steps: Optional[int] = None,
-          max_seconds: Optional[float] = None) -> state_lib.TrainState:
+          max_seconds: Optional[float] = None,
+          max_bad_steps: int = 3) -> state_lib.TrainState:
   """Trains (or resumes training) to `config.total_steps`.
 
   Args:
@@ -107,13 +142,15 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
     num_steps: stop after this many steps in this call (and checkpoint).
     max_seconds: stop at the first `log_every` boundary past this many
       seconds of this call (and checkpoint).
+    max_bad_steps: non-finite steps in a row that are rolled back (module
+      docstring) before giving up; 0 = give up at the first.
   Returns:
     The final TrainState (on device, in the training shardings).
   Raises:
-    FloatingPointError: the training loss became NaN / inf.
+    FloatingPointError: the loss or gradient norm became NaN / Inf
+      `max_bad_steps` + 1 times in a row, or before the first checkpoint.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   if tokenizer is None:
     if config.tokenizer is None:
       raise ValueError("train needs a tokenizer or config.tokenizer")
@@ -121,16 +158,26 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
   model = state_lib.make_model(config)
   mesh = mesh_lib.make_mesh(config.mesh) if config.mesh else None
   batcher = data_lib.Batcher.from_config(source, tokenizer, config)
+  # One batch before anything is written: missing fields, a tokenizer that
+  # is not the model's, too long examples or unreadable images fail here,
+  # naming the problem, rather than after the workdir has been set up.
+  batcher.batch(0)
+  workdir.mkdir(parents=True, exist_ok=True)
   step_fn = step_lib.make_train_step(model, config, mesh)
   primary = jax.process_index() == 0
 
   ckpt = checkpoint_lib.Checkpointer.for_workdir(workdir, config)
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = None
+  abstract = state_lib.abstract_state(model, config)
   try:
     if ckpt.latest_step() is not None:
-      _check_resume_config(ckpt.read_json("config"), config)
-      state, data_state = ckpt.restore(
-          state_lib.abstract_state(model, config), step_fn.state_shardings)
+      state, data_state = ckpt.restore(abstract, step_fn.state_shardings)
+      try:
+        saved = ckpt.read_json("config", ckpt.restored_step)
+      except checkpoint_lib.CorruptCheckpointError as e:
+        logging.warning("%s", e)  # Only read to warn about changes.
+        saved = None
+      _check_resume_config(saved, config)
       batcher.set_state(data_state)
       logging.info("resumed %s at step %d", workdir, int(state.step))
     else:
@@ -141,6 +188,9 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
         (workdir / "config.json").write_text(
             json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     start = int(jax.device_get(state.step))
+    writer = metrics_lib.MetricWriter(workdir)
+    # Lines past the checkpoint come from steps that will run again.
+    writer.rewind(start)
     end = config.total_steps
     if num_steps is not None:
       end = min(end, start + num_steps)
@@ -166,22 +216,76 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
       writer.flush()
 
     window: list = []
+    unchecked: list = []          # (step, batch index, metrics)
+    skip: set[int] = set()        # batch indices of non-finite steps
+    rollbacks: list[dict] = []
+    bad_in_a_row, last_bad = 0, -1
     window_steps_from = start
     run_t0 = window_t0 = time.perf_counter()
     first_step_s = None
+
+    def roll_back(bad) -> int:
+      """Restores the last checkpoint past a non-finite step; its step."""
+      nonlocal state, bad_in_a_row, last_bad
+      step_b, index, key, value = bad
+      bad_in_a_row += 1
+      last_bad = max(last_bad, step_b)
+      what = (f"non-finite {key} ({value}) at step {step_b} (batch "
+              f"{index})")
+      if bad_in_a_row > max_bad_steps:
+        raise FloatingPointError(
+            f"{what}: {bad_in_a_row} non-finite steps in a row (the last "
+            f"checkpoint's weights may be bad, or the learning rate "
+            f"diverges); rollbacks so far: {rollbacks}")
+      if ckpt.latest_step() is None:
+        raise FloatingPointError(f"{what}, and no checkpoint to roll back to")
+      restored, data_state = ckpt.restore(abstract, step_fn.state_shardings)
+      state = restored
+      batcher.set_state(data_state)
+      skip.add(index)
+      back = int(jax.device_get(state.step))
+      rollbacks.append({"step": step_b, "batch": index, "metric": key,
+                        "value": str(value), "restored": back})
+      logging.warning("%s %s: rolled back to the checkpoint at step %d; "
+                      "that batch is skipped", workdir, what, back)
+      writer.rewind(back)
+      return back
+
     with tqdm.tqdm(total=config.total_steps, initial=start,
                    disable=not (config.progress and primary),
                    desc=f"train {config.arch}", dynamic_ncols=True) as bar:
-      for step in range(start, end):
+      step = start
+      while step < end:
+        index = int(batcher.get_state()["index"])
+        if index in skip:
+          batcher.set_state({"index": index + 1})
+          continue
         state, metrics = step_fn(state, next(batcher))
         window.append(metrics)
-        done = step + 1
+        unchecked.append((step + 1, index, metrics))
+        done = step = step + 1
         if first_step_s is None:
           jax.block_until_ready(metrics)  # compile time, reported apart
           first_step_s = time.perf_counter() - run_t0
           window_t0 = time.perf_counter()
           window_steps_from = done
-        if done % config.log_every == 0 or done == end:
+        log = done % config.log_every == 0 or done == end
+        eval_now = bool(config.eval_every and done % config.eval_every == 0)
+        save = bool(config.checkpoint_every and
+                    done % config.checkpoint_every == 0 and done != end)
+        if log or eval_now or save:
+          # Before anything is logged, evaluated or saved.
+          bad = first_nonfinite(unchecked)
+          unchecked = []
+          if bad is not None:
+            step = roll_back(bad)
+            window, window_t0, window_steps_from = [], time.perf_counter(), step
+            bar.n = step
+            bar.refresh()
+            continue
+          if done > last_bad:
+            bad_in_a_row = 0
+        if log:
           last_train = _mean_metrics(window)
           now = time.perf_counter()
           steps = done - window_steps_from
@@ -192,18 +296,14 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
               done, {f"train/{k}": v for k, v in last_train.items()})
           bar.set_postfix(loss=f"{last_train['loss']:.4f}",
                           acc=f"{last_train['accuracy']:.3f}")
-          if not math.isfinite(last_train["loss"]):
-            raise FloatingPointError(
-                f"training loss is {last_train['loss']} at step {done}")
           if max_seconds is not None and now - run_t0 > max_seconds:
             logging.info("%s: time budget of %.0f s reached at step %d",
                          workdir, max_seconds, done)
             bar.update(1)
             break
-        if config.eval_every and done % config.eval_every == 0:
+        if eval_now:
           evaluate(done)
-        if (config.checkpoint_every and done % config.checkpoint_every == 0
-            and done != end):
+        if save:
           ckpt.save(state, batcher.get_state(), config)
         bar.update(1)
 
@@ -218,7 +318,7 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
     writer.write_summary({
         "step": final, "total_steps": config.total_steps,
         "finished": final == config.total_steps, "resumed_from": start,
-        "train": last_train, "eval": last_eval,
+        "train": last_train, "eval": last_eval, "rollbacks": rollbacks,
         "first_step_seconds": first_step_s, "wall_seconds": wall,
         "steps_per_sec": (ran - 1) / (wall - first_step_s)
                          if ran > 1 and wall > first_step_s else None,
@@ -226,5 +326,6 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
     writer.flush()
   finally:
     ckpt.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
   return state

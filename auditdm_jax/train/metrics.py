@@ -12,6 +12,9 @@ Files under `workdir`:
   metrics.jsonl                       {"step": s, "time": t, name: value}
                                       one line per write, appended, so a
                                       resumed run continues the same file
+                                      (after `rewind(checkpoint step)`
+                                      drops the lines of steps that will
+                                      run again)
   summary.json                        the last `write_summary` dict
 
 Only process 0 writes; on other processes every method is a no-op, so
@@ -128,6 +131,16 @@ class MetricWriter:
     # killed run leaves at most one torn line (readers skip it).
     self._jsonl.flush()
 
+  def rewind(self, last_step: int) -> None:
+    """Drops the metrics.jsonl lines of steps after `last_step` (a resume
+    or a rollback repeats those steps). TensorBoard keeps its points: its
+    event files cannot be cut, and it shows the newest value per step."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    truncate_jsonl(self.jsonl_path, last_step)
+    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     """Writes `summary.json` (replacing an older one) atomically."""
     if not self.enabled:
@@ -153,6 +166,26 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def truncate_jsonl(path: PathLike, last_step: int) -> None:
+  """Keeps only the lines with "step" <= last_step (atomic rewrite); a torn
+  line (a killed writer) and everything after it is dropped too."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return
+  keep = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    if not line.strip():
+      continue
+    try:
+      if json.loads(line).get("step", 0) <= last_step:
+        keep.append(line)
+    except (ValueError, AttributeError):
+      break
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+  os.replace(tmp, path)
 
 
 def read_jsonl(path: PathLike) -> list[dict]:
