@@ -84,6 +84,21 @@ def test_logits_match_transformers(setup, text_len):
   np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
 
 
+def test_unrolled_layer_scans_match_transformers(setup):
+  """`unroll` changes how the layer loop runs, never the numbers or params."""
+  cfg, hf_model, params, _ = setup
+  unrolled = Model(cfg, unroll=cfg.text.num_layers)
+  assert (jax.tree.structure(unrolled.abstract_params())
+          == jax.tree.structure(params))
+  tokens, mask_ar, images, hf_kwargs = make_inputs(cfg, 6, seed=4)
+  with torch.no_grad():
+    ref = hf_model(input_ids=torch.from_numpy(tokens),
+                   attention_mask=torch.ones(tokens.shape, dtype=torch.long),
+                   **hf_kwargs).logits.numpy()
+  ours = forward(unrolled, params, tokens, mask_ar, images)
+  np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
+
+
 def test_vision_features_match_transformers(setup):
   cfg, hf_model, params, model = setup
   if cfg.vision is None:  # text-only: its logit test above is the whole check
@@ -110,11 +125,20 @@ def test_prefill_then_decode_equals_forward(setup):
       p, model.embed(p, t, jax.numpy.ones(t.shape, bool), m, i),
       cache_size=tokens.shape[1] + 3))
   decode = jax.jit(model.decode_step)
+  # The sampler's path: each layer's params split out once (same numbers).
+  decode_split = jax.jit(lambda p, t, c: model.decode_step(
+      model.split_layers(p), t, c))
   logits, cache = prefill(params, tokens[:, :split], ar, images)
   np.testing.assert_allclose(np.asarray(logits), full[:, split - 1], atol=TOL)
+  cache_split = cache
   for t in range(split, tokens.shape[1]):
-    logits, cache = decode(params, np.asarray(tokens[:, t], np.int32), cache)
+    tok = np.asarray(tokens[:, t], np.int32)
+    logits, cache = decode(params, tok, cache)
     np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=TOL)
+    logits, cache_split = decode_split(params, tok, cache_split)
+    np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=TOL)
+  np.testing.assert_allclose(np.asarray(cache_split.k), np.asarray(cache.k),
+                             atol=TOL)
 
 
 def test_out_of_vocabulary_tokens_are_rejected(setup):

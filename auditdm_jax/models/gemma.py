@@ -164,6 +164,9 @@ class Decoder(nn.Module):
   mm_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
   remat: bool = False
+  # Layers per iteration of the layer scan (nn.scan's `unroll`); the
+  # stacked param layout is the same for every value.
+  unroll: int = 1
 
   def setup(self):
     c = self.cfg
@@ -174,7 +177,7 @@ class Decoder(nn.Module):
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=c.num_layers)(c, self.dtype)
+        length=c.num_layers, unroll=self.unroll)(c, self.dtype)
 
   def rope(self, positions: jax.Array):
     """(sin, cos), each f32[2, B, T, H/2]: index 0 local, 1 global RoPE."""
@@ -205,3 +208,35 @@ class Decoder(nn.Module):
     x, new_cache = self.layers(x, layer_in, self.rope(positions), masks,
                          jnp.asarray(write_index, jnp.int32))
     return self.final_norm(x), new_cache
+
+  def run_split(self, x, positions, masks, layer_params, cache, write_index):
+    """`__call__` with each layer's params as its own arrays, layers unrolled.
+
+    The scanned path slices every layer's weights out of the stacked
+    [L, ...] params on each call; on CPU each slice is a copy of the
+    weights, which doubles the memory traffic of a decode step. Sampling
+    splits the params once per call (`Model.split_layers`) and runs its
+    decode steps through here. Same numbers as `__call__`.
+
+    Args:
+      x, positions, masks, write_index: as `__call__`.
+      layer_params: L per-layer param trees (the stacked tree's slices).
+      cache: dict(k=[L, B, S, K, H], v=...) (required: this is for decoding).
+    Returns:
+      (hidden [B, T, D] after the final norm, new cache dict).
+    """
+    c = self.cfg
+    if len(layer_params) != c.num_layers:
+      raise ValueError(f"{len(layer_params)} layer param trees for "
+                       f"{c.num_layers} layers")
+    ropes, masks = self.rope(positions), jnp.stack(masks)
+    write_index = jnp.asarray(write_index, jnp.int32)
+    block = Block(c, self.dtype, parent=None)
+    ks, vs = cache["k"], cache["v"]
+    for i, params in enumerate(layer_params):
+      layer_in = {"is_local": jnp.asarray(c.layer_types[i] == LOCAL),
+                  "k": ks[i], "v": vs[i]}
+      x, new = block.apply({"params": params}, x, layer_in, ropes, masks,
+                           write_index)
+      ks, vs = ks.at[i].set(new["k"]), vs.at[i].set(new["v"])
+    return self.final_norm(x), {"k": ks, "v": vs}

@@ -67,13 +67,14 @@ class Transformer(nn.Module):
   cfg: VisionConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  unroll: int = 1  # Blocks per iteration of the block scan.
 
   @nn.compact
   def __call__(self, x):
     block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     x, _ = nn.scan(block, variable_axes={"params": 0},
                    split_rngs={"params": True}, in_axes=nn.broadcast,
-                   length=self.cfg.depth)(self.cfg, self.dtype,
+                   length=self.cfg.depth, unroll=self.unroll)(self.cfg, self.dtype,
                                           name="encoderblock")(x, None)
     return nn.LayerNorm(epsilon=self.cfg.norm_eps, dtype=self.dtype,
                         name="encoder_norm")(x)
@@ -88,6 +89,7 @@ class SigLIP(nn.Module):
   head_dim: Optional[int] = None
   dtype: Any = jnp.float32
   remat: bool = False
+  unroll: int = 1
 
   @nn.compact
   def __call__(self, images):
@@ -103,7 +105,8 @@ class SigLIP(nn.Module):
     pos = self.param("pos_embedding", nn.initializers.normal(0.02),
                      (1, c.num_patches, c.width), jnp.float32)
     x = x + pos.astype(x.dtype)
-    x = Transformer(c, self.dtype, self.remat, name="Transformer")(x)
+    x = Transformer(c, self.dtype, self.remat, self.unroll,
+                    name="Transformer")(x)
     if self.head_dim is not None:
       x = nn.Dense(self.head_dim, dtype=self.dtype, name="head")(x)
     return x

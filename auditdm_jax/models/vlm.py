@@ -49,6 +49,7 @@ class VLM(nn.Module):
   cfg: ArchConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  unroll: int = 1
 
   def setup(self):
     c = self.cfg
@@ -56,11 +57,11 @@ class VLM(nn.Module):
     self.llm = Decoder(
         c.text, mm_width=c.vision.width if pool_norm else None,
         mm_norm_eps=c.vision.norm_eps if c.vision else 1e-6,
-        dtype=self.dtype, remat=self.remat)
+        dtype=self.dtype, remat=self.remat, unroll=self.unroll)
     if c.vision is not None:
       self.img = SigLIP(
           c.vision, head_dim=c.text.embed_dim if c.projector == "linear" else None,
-          dtype=self.dtype, remat=self.remat)
+          dtype=self.dtype, remat=self.remat, unroll=self.unroll)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
     """images f32[B, I, S, S, 3] -> soft tokens [B, I * M, D]."""
@@ -92,6 +93,10 @@ class VLM(nn.Module):
 
   def run(self, x, positions, masks, cache=None, write_index=0):
     return self.llm(x, positions, masks, cache, write_index)
+
+  def run_split(self, x, positions, masks, layer_params, cache, write_index):
+    return self.llm.run_split(x, positions, masks, layer_params, cache,
+                              write_index)
 
   def unembed(self, hidden: jax.Array) -> jax.Array:
     logits = self.llm.embedder.decode(hidden)
@@ -160,19 +165,33 @@ class Cache:
                  index=self.index, next_pos=rep(self.next_pos, 0))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+  """Params with the decoder layers as L separate trees (`split_layers`)."""
+  rest: Any
+  layers: tuple
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
   """Pure-function protocol over `VLM`: embed / forward / prefill / decode_step.
 
   dtype: compute (activation and cache) dtype; params keep their own dtype.
+  remat: rematerialise blocks in the backward pass.
+  unroll: layers per iteration of the layer scans (1 = a loop; the number
+    of layers = straight-line code, which XLA:CPU runs faster for small
+    models and whose cost analysis counts every layer). Params are the
+    same for every value.
   """
   cfg: ArchConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  unroll: int = 1
 
   @property
   def module(self) -> VLM:
-    return VLM(self.cfg, self.dtype, self.remat)
+    return VLM(self.cfg, self.dtype, self.remat, self.unroll)
 
   @property
   def window_composition(self) -> str:
@@ -258,8 +277,29 @@ class Model:
                   next_pos=jnp.sum(emb.input_mask, -1).astype(jnp.int32))
     return logits, cache
 
+  def split_layers(self, params) -> "SplitParams":
+    """params -> SplitParams for `decode_step` (the layers' slices, once).
+
+    Call it inside the jitted function that runs the decode loop, outside
+    the loop: each layer's weights are then copied once per call instead of
+    once per decode step (see `gemma.Decoder.run_split`).
+    """
+    llm = params["llm"]
+    layers = llm["layers"]
+    per_layer = tuple(jax.tree.map(lambda a, i=i: a[i], layers)
+                      for i in range(self.cfg.text.num_layers))
+    rest = dict(params, llm={k: v for k, v in llm.items() if k != "layers"})
+    return SplitParams(rest=rest, layers=per_layer)
+
   def decode_step(self, params, tokens: jax.Array, cache: Cache):
-    """One token per row: tokens int32[B] -> (logits [B, V], Cache)."""
+    """One token per row: tokens int32[B] -> (logits [B, V], Cache).
+
+    `params` is the param tree or `split_layers(params)` (same numbers;
+    faster on CPU when this runs in a loop).
+    """
+    split = params if isinstance(params, SplitParams) else None
+    if split is not None:
+      params = split.rest
     x = self._apply(params, tokens[:, None], None, method=VLM.embed)  # [B, 1, D]
     slot = cache.index
     q_pos = cache.next_pos[:, None]                                   # [B, 1]
@@ -268,8 +308,13 @@ class Model:
         cache.valid, jnp.ones_like(q_pos, bool), (0, slot))
     glob, local = masks_lib.decode_masks(q_pos, positions, valid,
                                          self.cfg.text.sliding_window)
-    h, kv = self._apply(params, x, q_pos, (local, glob),
-                        {"k": cache.k, "v": cache.v}, slot, method=VLM.run)
+    kv_in = {"k": cache.k, "v": cache.v}
+    if split is None:
+      h, kv = self._apply(params, x, q_pos, (local, glob), kv_in, slot,
+                          method=VLM.run)
+    else:
+      h, kv = self._apply(params, x, q_pos, (local, glob), split.layers, kv_in,
+                          slot, method=VLM.run_split)
     logits = self.unembed(params, h[:, 0])
     return logits, Cache(k=kv["k"], v=kv["v"], positions=positions,
                          valid=valid, index=slot + 1,

@@ -249,9 +249,12 @@ def _sample_jit(model, config: SamplingConfig, params, tokens, input_mask,
     step, _, _, _, _, _, done = carry
     return (step < max_new) & ~jnp.all(done)
 
+  # Each layer's weights sliced out once here, not once per decode step.
+  split = model.split_layers(params)
+
   def body(carry):
     step, tok, cache, tokens, logprobs, lengths, done = carry
-    logits, cache = model.decode_step(params, tok, cache)
+    logits, cache = model.decode_step(split, tok, cache)
     tok, tokens, logprobs, lengths, done = _record(
         step, logits, key, tokens, logprobs, lengths, done, config)
     return step + 1, tok, cache, tokens, logprobs, lengths, done
