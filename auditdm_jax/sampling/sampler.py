@@ -206,6 +206,28 @@ def _record(step, logits, key, tokens, logprobs, lengths, done, config):
   return tok, tokens, logprobs, lengths, done
 
 
+# Largest stacked layer weights (bytes) that `_decode_params` splits.
+SPLIT_MAX_BYTES = 1 << 30
+
+
+def _decode_params(model, params):
+  """The params the decode loop reads: each layer split out once, on CPU.
+
+  XLA:CPU copies a layer's weights out of the stacked [L, ...] params on
+  every decode step (the dynamic slice is not fused into the dot); slicing
+  them once before the loop (`Model.split_layers`) halves the memory
+  traffic of a step. The price is a second copy of the layer weights while
+  sampling, so it is done only up to SPLIT_MAX_BYTES of them (the
+  research-scale models on CPU; a 3B model keeps one copy). Accelerators
+  fuse the slice and keep the stacked params.
+  """
+  if jax.default_backend() != "cpu":
+    return params
+  layers = params["llm"]["layers"]
+  nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(layers))
+  return model.split_layers(params) if nbytes <= SPLIT_MAX_BYTES else params
+
+
 # Incremented as a Python side effect of tracing; read via `trace_count`.
 _trace_count = 0
 
@@ -249,8 +271,7 @@ def _sample_jit(model, config: SamplingConfig, params, tokens, input_mask,
     step, _, _, _, _, _, done = carry
     return (step < max_new) & ~jnp.all(done)
 
-  # Each layer's weights sliced out once here, not once per decode step.
-  split = model.split_layers(params)
+  split = _decode_params(model, params)
 
   def body(carry):
     step, tok, cache, tokens, logprobs, lengths, done = carry
