@@ -45,7 +45,7 @@ archs: $(STAMP)
 	$(BIN)/python -m auditdm_jax.models.arch
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/sampler_vs_transformers.py
+	$(BIN)/python benchmarks/run_all.py
 
 demo: $(STAMP)
 	$(BIN)/python -m auditdm_jax.demo

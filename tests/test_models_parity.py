@@ -137,7 +137,8 @@ def test_prefill_then_decode_equals_forward(setup):
     np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=TOL)
     logits, cache_split = decode_split(params, tok, cache_split)
     np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=TOL)
-  np.testing.assert_allclose(np.asarray(cache_split.k), np.asarray(cache.k),
+  assert cache_split.is_split and len(cache_split.k) == cfg.text.num_layers
+  np.testing.assert_allclose(np.stack(cache_split.k), np.asarray(cache.k),
                              atol=TOL)
 
 

@@ -221,9 +221,11 @@ class Decoder(nn.Module):
     Args:
       x, positions, masks, write_index: as `__call__`.
       layer_params: L per-layer param trees (the stacked tree's slices).
-      cache: dict(k=[L, B, S, K, H], v=...) (required: this is for decoding).
+      cache: dict(k=(L arrays [B, S, K, H]), v=...): one buffer per layer,
+        so a step writes its slot in place (a stacked cache would be copied
+        whole per layer).
     Returns:
-      (hidden [B, T, D] after the final norm, new cache dict).
+      (hidden [B, T, D] after the final norm, new cache dict of tuples).
     """
     c = self.cfg
     if len(layer_params) != c.num_layers:
@@ -232,11 +234,11 @@ class Decoder(nn.Module):
     ropes, masks = self.rope(positions), jnp.stack(masks)
     write_index = jnp.asarray(write_index, jnp.int32)
     block = Block(c, self.dtype, parent=None)
-    ks, vs = cache["k"], cache["v"]
+    ks, vs = list(cache["k"]), list(cache["v"])
     for i, params in enumerate(layer_params):
       layer_in = {"is_local": jnp.asarray(c.layer_types[i] == LOCAL),
                   "k": ks[i], "v": vs[i]}
       x, new = block.apply({"params": params}, x, layer_in, ropes, masks,
                            write_index)
-      ks, vs = ks.at[i].set(new["k"]), vs.at[i].set(new["v"])
-    return self.final_norm(x), {"k": ks, "v": vs}
+      ks[i], vs[i] = new["k"], new["v"]
+    return self.final_norm(x), {"k": tuple(ks), "v": tuple(vs)}

@@ -144,8 +144,9 @@ class Embedded:
 
 @flax.struct.dataclass
 class Cache:
-  """KV cache. k, v [L, B, S, K, H]; positions int32[B, S]; valid bool[B, S];
-  index: int32 next slot to write; next_pos int32[B] position of the next token."""
+  """KV cache. k, v [L, B, S, K, H] (or, split, L arrays [B, S, K, H]);
+  positions int32[B, S]; valid bool[B, S]; index: int32 next slot to write;
+  next_pos int32[B] position of the next token."""
   k: jax.Array
   v: jax.Array
   positions: jax.Array
@@ -155,12 +156,28 @@ class Cache:
 
   @property
   def size(self) -> int:
-    return self.k.shape[2]
+    return self.positions.shape[1]
+
+  @property
+  def is_split(self) -> bool:
+    return isinstance(self.k, tuple)
+
+  def split_layers(self) -> "Cache":
+    """k and v as L separate [B, S, K, H] arrays (the `SplitParams` decode
+    path writes each layer's new slot in place instead of copying the
+    stacked cache every step)."""
+    if self.is_split:
+      return self
+    n = self.k.shape[0]
+    return self.replace(k=tuple(self.k[i] for i in range(n)),
+                        v=tuple(self.v[i] for i in range(n)))
 
   def repeat(self, n: int) -> "Cache":
     """Each batch row repeated n times (n samples from one prefill)."""
     rep = lambda a, axis: jnp.repeat(a, n, axis=axis)
-    return Cache(k=rep(self.k, 1), v=rep(self.v, 1),
+    kv_axis = 0 if self.is_split else 1
+    rep_kv = lambda t: jax.tree.map(lambda a: rep(a, kv_axis), t)
+    return Cache(k=rep_kv(self.k), v=rep_kv(self.v),
                  positions=rep(self.positions, 0), valid=rep(self.valid, 0),
                  index=self.index, next_pos=rep(self.next_pos, 0))
 
@@ -295,11 +312,13 @@ class Model:
     """One token per row: tokens int32[B] -> (logits [B, V], Cache).
 
     `params` is the param tree or `split_layers(params)` (same numbers;
-    faster on CPU when this runs in a loop).
+    faster on CPU when this runs in a loop); with split params the cache is
+    returned split (`Cache.split_layers`: split it once before the loop).
     """
     split = params if isinstance(params, SplitParams) else None
     if split is not None:
       params = split.rest
+      cache = cache.split_layers()
     x = self._apply(params, tokens[:, None], None, method=VLM.embed)  # [B, 1, D]
     slot = cache.index
     q_pos = cache.next_pos[:, None]                                   # [B, 1]

@@ -272,6 +272,8 @@ def _sample_jit(model, config: SamplingConfig, params, tokens, input_mask,
     return (step < max_new) & ~jnp.all(done)
 
   split = _decode_params(model, params)
+  if split is not params:
+    cache = cache.split_layers()
 
   def body(carry):
     step, tok, cache, tokens, logprobs, lengths, done = carry
