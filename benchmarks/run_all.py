@@ -14,7 +14,8 @@ A benchmark that fails or runs past its limit is reported as such (its row
 says why) and the others still run; the exit code is 1 then.
 
   python benchmarks/run_all.py                     # everything (~30-40 min)
-  python benchmarks/run_all.py --only decode_scaling arith_rate
+  python benchmarks/run_all.py --only decode_scaling arith_rate  # updates
+                                                   #   those two in the report
   python benchmarks/run_all.py --quick             # smoke run of each script
                                                    #   (overwrites results/)
   python benchmarks/run_all.py --loop_workdir DIR  # + stage times of a world
@@ -76,6 +77,9 @@ def _sampler_targets(r):
     rows.append((f"decode tok/s vs transformers generate, {c['arch']}, B=8",
                  f"{c['decode_speedup']:.2f}x", "≥ 3x" if target else "(info)",
                  c["decode_speedup"] >= 3 if target else None))
+    if target and "roofline_fraction" in c:
+      rows.append((f"decode tok/s / memory-read roofline, {c['arch']}, B=8",
+                   f"{c['roofline_fraction']:.0%}", "(info: ≤ 100%)", None))
   return rows
 
 
@@ -260,13 +264,19 @@ def main() -> int:
   report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "quick": args.quick, "machine": machine(), "versions": versions(),
             "benchmarks": {}}
+  out = pathlib.Path(args.out)
+  previous = out.with_suffix(".json")
+  if args.only and previous.exists():
+    # A partial run updates its benchmarks in the last report, keeps the rest.
+    report["benchmarks"] = json.loads(previous.read_text())["benchmarks"]
   for bench in BENCHES:
     if args.only and bench.name not in args.only:
       continue
     report["benchmarks"][bench.name] = run_bench(bench, args.quick, log_dir)
+  report["benchmarks"] = {b.name: report["benchmarks"][b.name] for b in BENCHES
+                          if b.name in report["benchmarks"]}
   if args.loop_workdir:
     report["loop"] = loop_stages(pathlib.Path(args.loop_workdir))
-  out = pathlib.Path(args.out)
   # Written whole, then renamed: a killed run leaves the last report intact.
   for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"),
                        (".md", markdown(report))):

@@ -9,6 +9,13 @@ every row makes exactly N new tokens. For each architecture and batch size:
   decode_tps  new tokens per second of the whole generate call after the
               prefill: B * N / (generate_s - prefill_s)
 
+Roofline: a decode step must read every weight once, so at batch B the
+step rate cannot beat read_GBps / weight_bytes (read_GBps: the best rate
+of a jitted f32 sum over 512 MB on this machine, measured in the same run),
+i.e. decode_tps <= B * read_GBps / weight_bytes. `weight_GBps` is the
+weight bytes each side actually streamed per second while decoding
+(weight_bytes * decode_tps / B), and `roofline_fraction` = ours / bound.
+
 Our compile time is reported separately and excluded (it is paid once per
 bucket). Each measurement is the median of --repeats runs (min and max are
 kept in the JSON); runs of ours and theirs alternate so load from other
@@ -121,6 +128,29 @@ def run_case(cfg, model, params, hf_model, b, t, n, repeats):
   }
 
 
+def read_bandwidth(repeats: int = 5, nbytes: int = 512 << 20) -> float:
+  """GB/s of the best jitted f32 sum over `nbytes` (a memory read ceiling)."""
+  x = jnp.ones((nbytes // 4,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    total(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return nbytes / best / 1e9
+
+
+def add_roofline(r: dict, weight_bytes: int, read_gbps: float) -> None:
+  b = r["batch"]
+  bound = b * read_gbps * 1e9 / weight_bytes
+  r["weight_bytes"] = weight_bytes
+  r["roofline_decode_tps"] = bound
+  r["roofline_fraction"] = r["ours"]["decode_tps"] / bound
+  for side in ("ours", "transformers"):
+    r[side]["weight_GBps"] = weight_bytes * r[side]["decode_tps"] / b / 1e9
+
+
 def markdown(results: dict) -> str:
   m = results["machine"]
   lines = [
@@ -128,11 +158,15 @@ def markdown(results: dict) -> str:
       "",
       f"Machine: {m['cpu_count']} CPUs, {m['platform']}; jax {m['jax']}, "
       f"torch {m['torch']} ({m['torch_threads']} threads), transformers "
-      f"{m['transformers']}. f32, greedy, medians of {results['repeats']} runs.",
+      f"{m['transformers']}. f32, greedy, medians of {results['repeats']} runs. "
+      f"Memory read ceiling (jitted f32 sum over 512 MB): "
+      f"{results['read_GBps']:.1f} GB/s; the roofline column is the decode "
+      "rate if every step streamed the weights at that rate.",
       "",
       "| arch | B | T | N | ours prefill ms | HF prefill ms | ours decode tok/s "
-      "| HF decode tok/s | decode speed-up | tokens equal |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "| HF decode tok/s | decode speed-up | tokens equal | weight GB/s ours / HF "
+      "| roofline tok/s | ours / roofline |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in results["cases"]:
     lines.append(
@@ -140,7 +174,10 @@ def markdown(results: dict) -> str:
         f"| {r['ours']['prefill_s']['median'] * 1e3:.1f} "
         f"| {r['transformers']['prefill_s']['median'] * 1e3:.1f} "
         f"| {r['ours']['decode_tps']:.1f} | {r['transformers']['decode_tps']:.1f} "
-        f"| {r['decode_speedup']:.2f}x | {r['greedy_tokens_equal']:.0%} |")
+        f"| {r['decode_speedup']:.2f}x | {r['greedy_tokens_equal']:.0%} "
+        f"| {r['ours']['weight_GBps']:.1f} / "
+        f"{r['transformers']['weight_GBps']:.1f} "
+        f"| {r['roofline_decode_tps']:.1f} | {r['roofline_fraction']:.0%} |")
   return "\n".join(lines) + "\n"
 
 
@@ -163,15 +200,17 @@ def main():
                   "transformers": transformers.__version__,
                   "torch_threads": torch.get_num_threads(),
                   "backend": jax.default_backend()},
-      "repeats": repeats, "cases": []}
+      "repeats": repeats, "read_GBps": read_bandwidth(), "cases": []}
   for name in args.archs:
     cfg = arch.get(name)
     model = Model(cfg)
     hf_model = build_hf(cfg)
     params = jax.tree.map(jnp.asarray, hf_reference.params_of(hf_model, cfg))
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     for b in args.batches:
       r = run_case(cfg, model, params, hf_model, b, args.prompt_len,
                    args.new_tokens, repeats)
+      add_roofline(r, weight_bytes, results["read_GBps"])
       results["cases"].append(r)
       print(f"{name} B={b}: decode {r['ours']['decode_tps']:.1f} vs "
             f"{r['transformers']['decode_tps']:.1f} tok/s "
