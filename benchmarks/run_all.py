@@ -181,7 +181,8 @@ def run_bench(bench: Bench, quick: bool, log_dir: pathlib.Path) -> dict:
       error = None if rc == 0 else f"exit code {rc} (see {log})"
     except subprocess.TimeoutExpired:
       rc, error = None, f"ran past its {bench.timeout_s} s limit (see {log})"
-  entry = {"command": " ".join(["python", *map(str, cmd[1:])]),
+  shown = [str(pathlib.Path(cmd[1]).relative_to(HERE.parent)), *cmd[2:]]
+  entry = {"command": " ".join(["python", *shown]),
            "exit_code": rc, "wall_s": time.perf_counter() - t0,
            "error": error, "result": None, "targets": []}
   path = RESULTS / bench.result
