@@ -38,9 +38,10 @@ class Attention(nn.Module):
       mask: bool[B, T, S]. S = T: attend over the new keys only (forward,
         prefill); S = cache length: attend over the whole cache (decode).
         The two coincide when a prefill fills the whole cache.
-      kv_cache: None or (k, v), each [B, K, S, H] (heads before slots: the
-        attention dots read the cache in place, with no per-step transpose);
-        x's keys are written at slots [write_index, write_index + T).
+      kv_cache: None or (k [B, K, S, H], v [B, K, H, S]): the layouts the
+        two attention dots read in place on CPU (contracting axis minor), so
+        a decode step copies no cache; x's keys and values are written at
+        slots [write_index, write_index + T).
       write_index: int32 scalar, cache slot of x's first token.
     """
     c = self.cfg
@@ -56,17 +57,19 @@ class Attention(nn.Module):
     q = layers.apply_rope(q, sin, cos)
     key = layers.apply_rope(key, sin, cos)
     q = q * jnp.asarray(c.query_pre_attn_scalar ** -0.5, q.dtype)
-    key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)        # [B, K, T, H]
+    key = key.transpose(0, 2, 1, 3)                              # [B, K, T, H]
+    value = value.transpose(0, 2, 3, 1)                          # [B, K, H, T]
 
     new_cache = None
     if kv_cache is not None:
       ck, cv = kv_cache
-      start = (0, 0, write_index, 0)
-      ck = jax.lax.dynamic_update_slice(ck, key.astype(ck.dtype), start)
-      cv = jax.lax.dynamic_update_slice(cv, value.astype(cv.dtype), start)
+      ck = jax.lax.dynamic_update_slice(ck, key.astype(ck.dtype),
+                                        (0, 0, write_index, 0))
+      cv = jax.lax.dynamic_update_slice(cv, value.astype(cv.dtype),
+                                        (0, 0, 0, write_index))
       new_cache = (ck, cv)
       if mask.shape[-1] == ck.shape[2]:
-        key, value = ck.astype(q.dtype), cv.astype(q.dtype)      # [B, K, S, H]
+        key, value = ck.astype(q.dtype), cv.astype(q.dtype)      # S slots
 
     b, t = q.shape[:2]
     q = q.reshape(b, t, k, c.queries_per_kv, h)                  # [B, T, K, G, H]
@@ -74,7 +77,7 @@ class Attention(nn.Module):
     logits = layers.softcap(logits.astype(jnp.float32), c.attn_softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, value)          # [B, T, K, G, H]
+    out = jnp.einsum("BKGTS,BKHS->BTKGH", probs, value)          # [B, T, K, G, H]
     out = out.reshape(b, t, n, h)
     out = layers.Einsum((n, h, d), dtype=self.dtype, name="attn_vec_einsum")(
         "BTNH,NHD->BTD", out)                                    # [B, T, D]
@@ -92,7 +95,7 @@ class Block(nn.Module):
 
     Args:
       x: [B, T, D] residual stream (scan carry).
-      layer_in: dict(is_local=bool[], k=[B,K,S,H] | None, v=... | None).
+      layer_in: dict(is_local=bool[], k=[B,K,S,H] | None, v=[B,K,H,S] | None).
       ropes: (sin, cos) each f32[2, B, T, H/2], index 0 local, 1 global.
       masks: bool[2, B, T, S], index 0 local, 1 global.
     Returns:
@@ -198,7 +201,7 @@ class Decoder(nn.Module):
       positions: int32[B, T].
       masks: (local, global) bool[B, T, S]; S = T or the cache length (see
         `Attention`).
-      cache: None or dict(k=[L, B, K, S, H], v=...).
+      cache: None or dict(k=[L, B, K, S, H], v=[L, B, K, H, S]).
       write_index: int32 scalar cache slot of x[:, 0].
     Returns:
       (hidden [B, T, D] after the final norm, new cache dict or None).
@@ -223,7 +226,8 @@ class Decoder(nn.Module):
     Args:
       x, positions, masks, write_index: as `__call__`.
       layer_params: L per-layer param trees (the stacked tree's slices).
-      cache: dict(k=(L arrays [B, K, S, H]), v=...): one buffer per layer,
+      cache: dict(k=(L arrays [B, K, S, H]), v=(L x [B, K, H, S])): one
+        buffer per layer,
         so a step writes its slot in place (a stacked cache would be copied
         whole per layer).
     Returns:

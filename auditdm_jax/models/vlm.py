@@ -144,7 +144,8 @@ class Embedded:
 
 @flax.struct.dataclass
 class Cache:
-  """KV cache. k, v [L, B, K, S, H] (or, split, L arrays [B, K, S, H]);
+  """KV cache. k [L, B, K, S, H], v [L, B, K, H, S] (or, split, L arrays
+  [B, K, S, H] / [B, K, H, S]; see `gemma.Attention` for why);
   positions int32[B, S]; valid bool[B, S]; index: int32 next slot to write;
   next_pos int32[B] position of the next token."""
   k: jax.Array
@@ -163,7 +164,7 @@ class Cache:
     return isinstance(self.k, tuple)
 
   def split_layers(self) -> "Cache":
-    """k and v as L separate [B, K, S, H] arrays (the `SplitParams` decode
+    """k and v as L separate arrays (the `SplitParams` decode
     path writes each layer's new slot in place instead of copying the
     stacked cache every step)."""
     if self.is_split:
@@ -270,8 +271,10 @@ class Model:
 
   def init_cache(self, batch: int, size: int) -> Cache:
     t = self.cfg.text
-    shape = (t.num_layers, batch, t.num_kv_heads, size, t.head_dim)
-    return Cache(k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype),
+    k_shape = (t.num_layers, batch, t.num_kv_heads, size, t.head_dim)
+    v_shape = (t.num_layers, batch, t.num_kv_heads, t.head_dim, size)
+    return Cache(k=jnp.zeros(k_shape, self.dtype),
+                 v=jnp.zeros(v_shape, self.dtype),
                  positions=jnp.zeros((batch, size), jnp.int32),
                  valid=jnp.zeros((batch, size), bool),
                  index=jnp.zeros((), jnp.int32),
