@@ -45,7 +45,8 @@ What is counted, in bytes of one device (shards are even):
                  the LM head at once (logits_chunk, else all targets)
     inputs       the batch (tokens, masks, f32 images)
   phase of an Inference
-    kv_cache     [L, b, prompt + new tokens, K/t, H] keys and values
+    kv_cache     [L, b, K/t, S, H] keys + [L, b, K/t, H, S] values,
+                 S = prompt + new tokens
     activations  one layer of prefill (text + vision) and the masks
     logits       f32 [b, V/t] at the last position, and its log-softmax
     inputs       prompts and images
