@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import platform
@@ -44,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_util import stats, timed, write_results
+
 from auditdm_jax.models import arch
 from auditdm_jax.models.vlm import Model
 from auditdm_jax.train import state as state_lib
@@ -53,27 +54,12 @@ from auditdm_jax.train.config import TrainConfig
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def stats(ts: list[float]) -> dict:
-  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts)}
-
-
 def compiled_flops(compiled) -> float:
   """XLA's FLOP count of a compiled program (0 if it gives none)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
-
-
-def time_runs(fns, repeats: int) -> list[list[float]]:
-  """Wall times of each function; runs interleaved across functions."""
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, ts in zip(fns, times):
-      t0 = time.perf_counter()
-      fn()
-      ts.append(time.perf_counter() - t0)
-  return times
 
 
 class Matmul:
@@ -230,7 +216,7 @@ def main() -> None:
   sft = SftStep(model, b, t, args.answer)
   compile_s = time.perf_counter() - t0
 
-  times = time_runs(matmuls + [prefill, sft], args.repeats)
+  times = timed(matmuls + [prefill, sft], args.repeats)
   mm = [{"shape": list(m.shape),
          "gflops": m.flops / statistics.median(ts) / 1e9,
          "seconds": stats(ts)} for m, ts in zip(matmuls, times)]
@@ -251,11 +237,7 @@ def main() -> None:
       "prefill": rate(prefill_flops, times[-2]),
       "sft_step": rate(sft.flops, times[-1]),
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-  out.with_suffix(".md").write_text(markdown(results))
-  print(markdown(results))
+  print(write_results(args.out, results, markdown))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Letters: B batch, T prompt length, N new tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -29,16 +28,14 @@ import time
 import jax
 import numpy as np
 
+from bench_util import stats, write_results
+
 from auditdm_jax import sampling
 from auditdm_jax.models import arch
 from auditdm_jax.models.vlm import Model
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 NEW_TOKENS = (64, 128, 256)
-
-
-def stats(ts: list[float]) -> dict:
-  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts)}
 
 
 def run_arch(name: str, b: int, t: int, repeats: int) -> dict:
@@ -125,11 +122,7 @@ def main() -> None:
       "cases": [run_arch(a, args.batch, args.prompt_len, repeats)
                 for a in args.archs],
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-  out.with_suffix(".md").write_text(markdown(results))
-  print(markdown(results))
+  print(write_results(args.out, results, markdown))
 
 
 if __name__ == "__main__":

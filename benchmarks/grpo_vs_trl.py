@@ -69,11 +69,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
-import json
 import logging
 import pathlib
 import platform
-import statistics
 import tempfile
 import time
 import warnings
@@ -86,6 +84,8 @@ import tokenizers
 import torch
 import transformers
 import trl
+
+from bench_util import stats, write_results
 
 from auditdm_jax import sampling
 from auditdm_jax.convert import hf_reference
@@ -128,10 +128,6 @@ def make_tokenizer(vocab_size: int) -> transformers.PreTrainedTokenizerFast:
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token=word(PAD), eos_token=word(EOS),
       bos_token=word(BOS), unk_token=word(UNK))
-
-
-def stats(ts: list[float]) -> dict:
-  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts)}
 
 
 # --- Ours ---------------------------------------------------------------------
@@ -469,11 +465,7 @@ def main():
             f"({r['speedup']:.2f}x; fastest steps "
             f"{r['speedup_fastest_steps']:.2f}x)", flush=True)
   results["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-  out.with_suffix(".md").write_text(markdown(results))
-  print(markdown(results))
+  print(write_results(args.out, results, markdown))
 
 
 if __name__ == "__main__":

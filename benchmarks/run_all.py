@@ -61,13 +61,6 @@ class Bench:
       lambda r: [])
 
 
-def _case(results: dict, **match) -> Optional[dict]:
-  for c in results.get("cases", []):
-    if all(c.get(k) == v for k, v in match.items()):
-      return c
-  return None
-
-
 def _sampler_targets(r):
   rows = []
   for c in r.get("cases", []):

@@ -32,7 +32,6 @@ Letters: B batch, T prompt length, N new tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -44,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+
+from bench_util import stats, timed, write_results
 
 from auditdm_jax import sampling
 from auditdm_jax.convert import hf_reference
@@ -58,21 +59,6 @@ def build_hf(cfg):
   if cfg.vision is not None:
     raise SystemExit(f"{cfg.name}: the benchmark covers text-only archs")
   return hf_reference.build_hf(cfg, attn_implementation="sdpa")
-
-
-def timed(fns, repeats: int) -> list[list[float]]:
-  """Wall times of each function, runs interleaved across functions."""
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, ts in zip(fns, times):
-      t0 = time.perf_counter()
-      fn()
-      ts.append(time.perf_counter() - t0)
-  return times
-
-
-def stats(ts: list[float]) -> dict:
-  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts)}
 
 
 def run_case(cfg, model, params, hf_model, b, t, n, repeats):
@@ -218,11 +204,7 @@ def main():
             f"{r['ours']['prefill_s']['median'] * 1e3:.1f} vs "
             f"{r['transformers']['prefill_s']['median'] * 1e3:.1f} ms, "
             f"tokens equal {r['greedy_tokens_equal']:.0%}", flush=True)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-  out.with_suffix(".md").write_text(markdown(results))
-  print(markdown(results))
+  print(write_results(args.out, results, markdown))
 
 
 if __name__ == "__main__":
