@@ -196,6 +196,11 @@ def _gemma3_100m_text() -> ArchConfig:
 
 WORLD_VOCAB = 512
 WORLD_IMAGE_TOKEN = WORLD_VOCAB
+# Local layers still slide, but over more than the longest world prompt
+# (104 tokens, the auditor's): as with the real models' 4k windows over 256
+# image tokens, every layer sees the whole image. A 32-token window hid the
+# first image rows from the answer in half the layers.
+WORLD_WINDOW = 128
 
 
 def _world_vision(width: int, depth: int) -> VisionConfig:
@@ -207,7 +212,7 @@ def _world_text(d: int, layers: int, family: str, **kw) -> TextConfig:
   heads = 4
   args = dict(vocab_size=WORLD_VOCAB, embed_dim=d, num_layers=layers,
               num_heads=heads, num_kv_heads=2, head_dim=d // heads,
-              hidden_dim=4 * d, sliding_window=32,
+              hidden_dim=4 * d, sliding_window=WORLD_WINDOW,
               query_pre_attn_scalar=d // heads)
   if family == "gemma3":
     args.update(layer_types=gemma3_layer_types(layers, pattern=2),

@@ -46,9 +46,9 @@ class Attention(nn.Module):
     """
     c = self.cfg
     n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
-    q = layers.Einsum((n, d, h), dtype=self.dtype, name="q_einsum")(
+    q = layers.Einsum((n, d, h), in_axes=(1,), dtype=self.dtype, name="q_einsum")(
         "BTD,NDH->BTNH", x)                                      # [B, T, N, H]
-    kv = layers.Einsum((2, k, d, h), dtype=self.dtype, name="kv_einsum")(
+    kv = layers.Einsum((2, k, d, h), in_axes=(2,), dtype=self.dtype, name="kv_einsum")(
         "BSD,CKDH->CBSKH", x)                                    # [2, B, T, K, H]
     key, value = kv[0], kv[1]
     if c.qk_norm:
@@ -79,7 +79,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     out = jnp.einsum("BKGTS,BKHS->BTKGH", probs, value)          # [B, T, K, G, H]
     out = out.reshape(b, t, n, h)
-    out = layers.Einsum((n, h, d), dtype=self.dtype, name="attn_vec_einsum")(
+    out = layers.Einsum((n, h, d), in_axes=(0, 1), dtype=self.dtype, name="attn_vec_einsum")(
         "BTNH,NHD->BTD", out)                                    # [B, T, D]
     return out, new_cache
 
@@ -134,7 +134,9 @@ class Embedder(nn.Module):
   def setup(self):
     c = self.cfg
     self.input_embedding = self.param(
-        "input_embedding", nn.initializers.normal(0.02),
+        # 1/sqrt(D): Gemma's 0.02 at real sizes, unit-scale inputs (after
+        # the sqrt(D) scaling) and logits at tiny ones.
+        "input_embedding", nn.initializers.normal(c.embed_dim ** -0.5),
         (c.vocab_size, c.embed_dim), jnp.float32)
     if self.mm_width is not None:
       self.mm_soft_embedding_norm = layers.RMSNorm(self.mm_norm_eps)

@@ -17,15 +17,38 @@ import jax
 import jax.numpy as jnp
 
 
+def fan_in_normal(in_axes: Sequence[int]) -> nn.initializers.Initializer:
+  """normal(1 / sqrt(fan_in)), fan_in = product of the `in_axes` dims.
+
+  Why not Gemma's normal(0.02): that is 1/sqrt(D) at D ~ 2.5k, but at the
+  world's D = 128 it is 4.4x too small, so attention logits start ~20x
+  too flat (uniform attention) and a from-scratch model sits for hundreds
+  of thousands of examples on the "global image statistics" plateau before
+  it learns to attend to one object. Scaling by fan-in gives the same 0.02
+  at real sizes (checkpoints overwrite it anyway) and lively attention at
+  tiny ones.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = 1
+    for a in in_axes:
+      fan_in *= shape[a]
+    return jax.random.normal(key, shape, dtype) * (fan_in ** -0.5)
+  return init
+
+
 class Einsum(nn.Module):
-  """A weight `w` of a fixed shape, contracted with the input by `eqn`."""
+  """A weight `w` of a fixed shape, contracted with the input by `eqn`.
+
+  `in_axes`: the axes of `shape` that `eqn` contracts (for the init scale).
+  """
   shape: Sequence[int]
-  init_fn: nn.initializers.Initializer = nn.initializers.normal(0.02)
+  in_axes: Sequence[int] = (0,)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
-    w = self.param("w", self.init_fn, tuple(self.shape), self.dtype)
+    w = self.param("w", fan_in_normal(self.in_axes), tuple(self.shape),
+                   self.dtype)
     return jnp.einsum(eqn, x, w.astype(x.dtype))
 
 
@@ -90,10 +113,10 @@ class FeedForward(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    gating = self.param("gating_einsum", nn.initializers.normal(0.02),
+    gating = self.param("gating_einsum", fan_in_normal((2,)),
                         (2, self.hidden_dim, self.embed_dim), self.dtype)
     h = jnp.einsum("BTD,CFD->CBTF", x, gating.astype(x.dtype))  # [2, B, T, F]
     h = jax.nn.gelu(h[0], approximate=True) * h[1]    # [B, T, F]
-    w = self.param("linear", nn.initializers.normal(0.02),
+    w = self.param("linear", fan_in_normal((0,)),
                    (self.hidden_dim, self.embed_dim), self.dtype)
     return jnp.einsum("BTF,FD->BTD", h, w.astype(h.dtype))

@@ -102,7 +102,8 @@ class SigLIP(nn.Module):
                 dtype=self.dtype, name="embedding")(images.astype(self.dtype))
     b = x.shape[0]
     x = x.reshape(b, c.num_patches, c.width)                          # [B, N, W]
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
+    # normal(1/sqrt(W)), as big_vision's learned position embedding.
+    pos = self.param("pos_embedding", nn.initializers.normal(c.width ** -0.5),
                      (1, c.num_patches, c.width), jnp.float32)
     x = x + pos.astype(x.dtype)
     x = Transformer(c, self.dtype, self.remat, self.unroll,

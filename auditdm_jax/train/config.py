@@ -44,6 +44,9 @@ class TrainConfig:
     param_dtype: dtype of the base params; trainable params should stay
       float32 master weights (anchors §7.3.3), frozen LoRA bases may be bf16.
     remat: rematerialise blocks in the backward pass (less memory).
+    unroll: layer-scan unroll factor (`Model.unroll`): on CPU, tiny models
+      train ~15% faster unrolled (the per-layer slices of the stacked
+      weights fuse); 1 keeps the compile small.
     tokenizer: path to a SentencePiece model or a directory holding
       `tokenizer.model`; may be None when `train` is given a tokenizer.
     init_from: a `convert.orbax_io.save_params` checkpoint to start from;
@@ -87,6 +90,7 @@ class TrainConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  unroll: int = 1
   tokenizer: Optional[str] = None
   init_from: Optional[str] = None
   lr: float = 1e-3
@@ -152,6 +156,7 @@ class TrainConfig:
          f"{self.dtype!r}")
     need(self.param_dtype in DTYPES, f"param_dtype must be one of {DTYPES}, "
          f"got {self.param_dtype!r}")
+    need(self.unroll >= 1, f"unroll must be >= 1, got {self.unroll}")
     need(self.lr > 0, f"lr must be > 0, got {self.lr}")
     need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, "
          f"got {self.schedule!r}")

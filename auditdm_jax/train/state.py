@@ -75,7 +75,7 @@ def _dtype(name: str):
 def make_model(config: TrainConfig) -> Model:
   """The model a config trains (equal configs give equal, hashable models)."""
   return Model(config.arch_config, dtype=_dtype(config.dtype),
-               remat=config.remat)
+               remat=config.remat, unroll=config.unroll)
 
 
 # --- Which leaves train -------------------------------------------------------

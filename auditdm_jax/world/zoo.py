@@ -95,6 +95,7 @@ def train_config(config, name: str):
       batch_size=m.batch_size, total_steps=m.total_steps,
       max_len=m.get("max_len", config.max_len),
       max_target_len=m.get("max_target_len", config.max_target_len),
+      unroll=config.get("unroll", 1),
       image_preprocess=IMAGE_PREPROCESS, seed=m.seed,
       eval_every=(config.get("eval_every", 0) if m.role != "auditor" else 0),
       checkpoint_every=config.chunk_steps, keep_checkpoints=1,
