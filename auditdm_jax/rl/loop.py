@@ -64,6 +64,7 @@ from auditdm_jax.rl.config import GrpoConfig
 from auditdm_jax.sharding import mesh as mesh_lib
 from auditdm_jax.train import checkpoint as checkpoint_lib
 from auditdm_jax.train import metrics as metrics_lib
+from auditdm_jax.train import nonfinite
 from auditdm_jax.train import state as state_lib
 from auditdm_jax.train.config import TrainConfig
 
@@ -233,33 +234,19 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
     t0 = time.perf_counter()
     last: dict = {}
     done = start
-    skip: set[int] = set()      # batch numbers of non-finite steps
-    rollbacks: list[dict] = []
-    bad_in_a_row, last_bad = 0, -1
+    guard = nonfinite.RollbackGuard(max_bad_steps, "GRPO steps")
 
     def roll_back(step_b: int, batch_b: int, key: str, value: float) -> int:
       """Restores the last checkpoint past a non-finite step; its step."""
-      nonlocal state, recent, batch_no, rollouts_file, bad_in_a_row, last_bad
-      bad_in_a_row += 1
-      last_bad = max(last_bad, step_b)
-      what = f"non-finite {key} ({value}) at step {step_b} (batch {batch_b})"
-      if bad_in_a_row > max_bad_steps:
-        raise FloatingPointError(
-            f"{what}: {bad_in_a_row} non-finite GRPO steps in a row (the last "
-            f"checkpoint's weights may be bad, or the learning rate "
-            f"diverges); rollbacks so far: {rollbacks}")
-      if ckpt.latest_step() is None:
-        raise FloatingPointError(f"{what}, and no checkpoint to roll back to")
+      nonlocal state, recent, batch_no, rollouts_file
+      what = guard.check(step_b, batch_b, key, value,
+                         ckpt.latest_step() is not None)
       state, data_state = ckpt.restore(abstract, step_fn.state_shardings)
       back = int(jax.device_get(state.step))
       recent = list(data_state.get("novelty", []))
       batch_no = int(data_state.get("batch", back))
       _reset_novelty(rollout, recent)
-      skip.add(batch_b)
-      rollbacks.append({"step": step_b, "batch": batch_b, "metric": key,
-                        "value": str(value), "restored": back})
-      logging.warning("%s %s: rolled back to the checkpoint at step %d; "
-                      "that batch is skipped", workdir, what, back)
+      guard.rolled_back(workdir, what, step_b, batch_b, key, value, back)
       writer.rewind(back)
       if rollouts_file is not None:
         rollouts_file.close()
@@ -273,7 +260,7 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
                      desc=f"grpo {config.arch}", dynamic_ncols=True) as bar:
         step = start
         while step < end:
-          while batch_no in skip:
+          while batch_no in guard.skip:
             batch_no += 1
           t_step = time.perf_counter()
           idx = source_indices(batch_no, sources_per_step, len(sources),
@@ -296,8 +283,7 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
                                              np.float32)
           state, m = step_fn(state, batch)
           m = {k: float(v) for k, v in jax.device_get(m).items()}
-          bad = next(((k, m[k]) for k in ("loss", "grad_norm")
-                      if k in m and not np.isfinite(m[k])), None)
+          bad = nonfinite.first_bad_metric(m)
           if bad is not None:
             # Before anything of this step is logged or saved.
             step = roll_back(step + 1, batch_no, *bad)
@@ -306,8 +292,7 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
             continue
           done = step = step + 1
           batch_no += 1
-          if done > last_bad:
-            bad_in_a_row = 0
+          guard.step_done(done)
           metrics = {f"rollout/{k}": v for k, v in out.metrics().items()}
           metrics.update({f"train/{k}": v for k, v in m.items()})
           metrics["time/rollout_s"] = t_roll
@@ -341,7 +326,7 @@ def train(config: TrainConfig, grpo_config: GrpoConfig, rollout: Rollout,
     writer.write_summary({
         "step": done, "total_steps": config.total_steps,
         "finished": done == config.total_steps, "resumed_from": start,
-        "rollbacks": rollbacks,
+        "rollbacks": guard.rollbacks,
         "wall_seconds": time.perf_counter() - t0, "last": last,
         "config": {"train": config.to_dict(), "grpo": grpo_config.to_dict()}})
     writer.flush()

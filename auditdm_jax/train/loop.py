@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pathlib
 import time
@@ -60,6 +59,7 @@ from auditdm_jax.tokenizer import Tokenizer
 from auditdm_jax.train import checkpoint as checkpoint_lib
 from auditdm_jax.train import data as data_lib
 from auditdm_jax.train import metrics as metrics_lib
+from auditdm_jax.train import nonfinite
 from auditdm_jax.train import state as state_lib
 from auditdm_jax.train import step as step_lib
 from auditdm_jax.train.config import TrainConfig
@@ -102,22 +102,6 @@ def _initial_params(config: TrainConfig, params, model: Model,
 def _mean_metrics(window: Sequence[Mapping[str, jax.Array]]) -> dict:
   host = jax.device_get(list(window))
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
-# Step metrics that must be finite; anything else rolls the step back.
-CHECKED_METRICS = ("loss", "grad_norm")
-
-
-def first_nonfinite(steps: Sequence[tuple[int, int, Mapping[str, Any]]]
-                    ) -> Optional[tuple[int, int, str, float]]:
-  """(step, batch index, metric, value) of the first step of `steps`
-  ([(step, batch index, metrics)]) whose loss or grad_norm is NaN / Inf."""
-  host = jax.device_get([m for _, _, m in steps])
-  for (step, index, _), m in zip(steps, host):
-    for k in CHECKED_METRICS:
-      if k in m and not np.isfinite(m[k]):
-        return step, index, k, float(m[k])
-  return None
 
 
 def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
@@ -217,37 +201,21 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
 
     window: list = []
     unchecked: list = []          # (step, batch index, metrics)
-    skip: set[int] = set()        # batch indices of non-finite steps
-    rollbacks: list[dict] = []
-    bad_in_a_row, last_bad = 0, -1
+    guard = nonfinite.RollbackGuard(max_bad_steps)
     window_steps_from = start
     run_t0 = window_t0 = time.perf_counter()
     first_step_s = None
 
     def roll_back(bad) -> int:
       """Restores the last checkpoint past a non-finite step; its step."""
-      nonlocal state, bad_in_a_row, last_bad
+      nonlocal state
       step_b, index, key, value = bad
-      bad_in_a_row += 1
-      last_bad = max(last_bad, step_b)
-      what = (f"non-finite {key} ({value}) at step {step_b} (batch "
-              f"{index})")
-      if bad_in_a_row > max_bad_steps:
-        raise FloatingPointError(
-            f"{what}: {bad_in_a_row} non-finite steps in a row (the last "
-            f"checkpoint's weights may be bad, or the learning rate "
-            f"diverges); rollbacks so far: {rollbacks}")
-      if ckpt.latest_step() is None:
-        raise FloatingPointError(f"{what}, and no checkpoint to roll back to")
-      restored, data_state = ckpt.restore(abstract, step_fn.state_shardings)
-      state = restored
+      what = guard.check(step_b, index, key, value,
+                         ckpt.latest_step() is not None)
+      state, data_state = ckpt.restore(abstract, step_fn.state_shardings)
       batcher.set_state(data_state)
-      skip.add(index)
       back = int(jax.device_get(state.step))
-      rollbacks.append({"step": step_b, "batch": index, "metric": key,
-                        "value": str(value), "restored": back})
-      logging.warning("%s %s: rolled back to the checkpoint at step %d; "
-                      "that batch is skipped", workdir, what, back)
+      guard.rolled_back(workdir, what, step_b, index, key, value, back)
       writer.rewind(back)
       return back
 
@@ -257,7 +225,7 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
       step = start
       while step < end:
         index = int(batcher.get_state()["index"])
-        if index in skip:
+        if index in guard.skip:
           batcher.set_state({"index": index + 1})
           continue
         state, metrics = step_fn(state, next(batcher))
@@ -275,7 +243,7 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
                     done % config.checkpoint_every == 0 and done != end)
         if log or eval_now or save:
           # Before anything is logged, evaluated or saved.
-          bad = first_nonfinite(unchecked)
+          bad = nonfinite.first_nonfinite(unchecked)
           unchecked = []
           if bad is not None:
             step = roll_back(bad)
@@ -283,8 +251,7 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
             bar.n = step
             bar.refresh()
             continue
-          if done > last_bad:
-            bad_in_a_row = 0
+          guard.step_done(done)
         if log:
           last_train = _mean_metrics(window)
           now = time.perf_counter()
@@ -318,7 +285,7 @@ def train(config: TrainConfig, workdir: PathLike, source: Sequence[Any],
     writer.write_summary({
         "step": final, "total_steps": config.total_steps,
         "finished": final == config.total_steps, "resumed_from": start,
-        "train": last_train, "eval": last_eval, "rollbacks": rollbacks,
+        "train": last_train, "eval": last_eval, "rollbacks": guard.rollbacks,
         "first_step_seconds": first_step_s, "wall_seconds": wall,
         "steps_per_sec": (ran - 1) / (wall - first_step_s)
                          if ran > 1 and wall > first_step_s else None,
