@@ -119,7 +119,8 @@ def get_config(arg=None):
       max_len=104, max_target_len=48, caption_max_tokens=40,
       **_optim(2 if quick else 3_000, 25.0, 32))
   c.models = models
-  # The auditor comes before the last references: GRPO work needs it first.
-  c.order = ("target", "ref_gemma_s", "auditor", "ref_paligemma_m",
-             "ref_paligemma_s")
+  # The auditor comes second: it needs no binding (it writes text about
+  # an image), trains in a fixed budget, and GRPO work needs it first.
+  c.order = ("target", "auditor", "ref_gemma_s", "ref_paligemma_s",
+             "ref_paligemma_m")
   return c
