@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from auditdm_jax import atomic_io
+
 PathLike = Union[str, os.PathLike]
 STAGES = ("audit", "harvest", "taxonomy", "rectify", "evaluate", "report")
 
@@ -66,17 +68,13 @@ class _Stages:
     t0 = time.perf_counter()
     out = fn()
     self.times[name] = time.perf_counter() - t0
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(self.times, indent=2) + "\n")
-    os.replace(tmp, self.path)
+    atomic_io.write_json(self.path, self.times)
     print(f"loop: {name} done in {self.times[name]:.0f} s", flush=True)
     return out
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2) + "\n")
-  os.replace(tmp, path)
+  atomic_io.write_json(path, obj)
 
 
 # --- Stages ---------------------------------------------------------------------

@@ -331,7 +331,7 @@ def test_planted_gaps_found():
           items["colour_purple"]["verified"]) == (2, 1)
   assert items["colour_purple"]["found"]
   assert items["count_shape_ge5"]["failures"] == 0
-  assert not items["left_right"]["found"]
+  assert not items["size"]["found"]
   assert sum(items["colour_purple"]["types"].values()) == 2
 
 

@@ -15,7 +15,6 @@ evaluator read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -25,6 +24,7 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
+from auditdm_jax import atomic_io
 from auditdm_jax import imaging
 from auditdm_jax.audit import judge as judge_lib
 from auditdm_jax.audit import rollout as rollout_lib
@@ -196,7 +196,7 @@ def export_auditor(state, model, out: pathlib.Path, info: dict) -> None:
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16),
                         jax.device_get(state.model_params()))
   orbax_io.save_params(params, out, model.cfg, overwrite=True)
-  out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+  atomic_io.write_json(out.with_suffix(".json"), info)
 
 
 def run_audit(config, workdir: PathLike) -> dict[str, Any]:

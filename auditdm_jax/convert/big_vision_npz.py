@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import pathlib
 import zipfile
-from typing import Mapping, Optional, Union
+from typing import Mapping, Union
 
 import ml_dtypes
 import numpy as np

@@ -61,6 +61,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from auditdm_jax import atomic_io
+
 NAME = "audit_failures"
 VERSION = "1.0.0"
 DATASET_SUBDIR = "failures"   # <harvest out>/failures/ holds the dataset.
@@ -211,25 +213,12 @@ def write_dataset(examples: Callable[[], Iterable[Mapping[str, Any]]],
       old = tempfile.mkdtemp(prefix=".failures-old-", dir=parent)
       os.rename(dest, os.path.join(old, "d"))
     os.rename(built, dest)
-    _fsync_dir(parent)
+    atomic_io.fsync_dir(parent)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     if old is not None:
       shutil.rmtree(old, ignore_errors=True)
   return dest
-
-
-def _fsync_dir(path: str) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass  # Some filesystems refuse fsync on a directory; rename still held.
-  finally:
-    os.close(fd)
 
 
 def dataset_dir(path: PathLike) -> str:

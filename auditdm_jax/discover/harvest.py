@@ -96,6 +96,7 @@ import jax
 import numpy as np
 import tqdm
 
+from auditdm_jax import atomic_io
 from auditdm_jax.audit import judge as judge_lib
 from auditdm_jax.audit import rollout as rollout_lib
 from auditdm_jax.discover import dataset as dataset_lib
@@ -206,30 +207,9 @@ def rollout_factory(target: Any, references: Sequence[Any], backend: Any,
 # --- Durable files ------------------------------------------------------------
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass  # Not every filesystem syncs directories; the rename still holds.
-  finally:
-    os.close(fd)
-
-
 def atomic_write(path: pathlib.Path, data: bytes) -> None:
-  """Writes `data` to `path` so that a crash leaves the old file or the new
-  one, never a torn one: temp file in the same dir, fsync, rename, fsync
-  of the directory (so the rename itself survives a power loss)."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
+  """Durable whole-or-nothing write (`atomic_io.write_bytes`, durable)."""
+  atomic_io.write_bytes(path, data, durable=True)
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -121,6 +121,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from auditdm_jax import atomic_io
+
 FORMAT = "auditdm_jax.taxonomy/1"
 DIFF_FORMAT = "auditdm_jax.model_diff/1"
 # Function words that carry no failure type. Kept short on purpose: words
@@ -1078,10 +1080,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   out = tax.to_json()
   text = json.dumps(out, indent=2) + "\n"
   if args.out:
-    dest = pathlib.Path(args.out)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(dest)
+    atomic_io.write_text(args.out, text)
   for t in tax.types:
     rate = "-" if t.rate is None else f"{t.rate:.1%}"
     print(f"{t.id} {t.count:>6} rate {rate:>6}  {t.name}")

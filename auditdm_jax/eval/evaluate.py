@@ -34,10 +34,12 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
+
+from auditdm_jax import atomic_io
 
 PathLike = Union[str, os.PathLike]
 LETTERS = "ABCDEFGHIJ"
@@ -133,9 +135,7 @@ def restore_params(workdir: PathLike, step: int):
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  atomic_io.write_json(path, obj, sort_keys=True)
 
 
 def evaluate_workdir(workdir: PathLike, tokenizer, data_dir: PathLike,

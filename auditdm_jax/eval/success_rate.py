@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import math
-import pathlib
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from auditdm_jax import atomic_io
 from auditdm_jax.audit import rollout as rollout_lib
 from auditdm_jax.audit import world_truth
 from auditdm_jax.audit.sources import WorldSources
@@ -174,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         tokenizer=tok, n=args.n, seed=args.seed, gaps=gaps)
   print(format_table(result))
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_io.write_json(args.out, result)
   return 0
 
 

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from auditdm_jax import atomic_io
 from auditdm_jax.data import world_tfds
 from auditdm_jax.sampling import generate as generate_lib
 from auditdm_jax.world import editor
@@ -402,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   print(format_table(result))
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_io.write_json(args.json, result)
   return 0
 
 

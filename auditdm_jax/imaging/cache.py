@@ -31,11 +31,11 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Optional, Union
 
+from auditdm_jax import atomic_io
 from auditdm_jax.imaging import base
 
 Picture = base.Picture
@@ -46,20 +46,7 @@ _FORMAT = 1
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise
+  atomic_io.write_bytes(path, data, durable=True)
 
 
 class CachedBackend(base.ImageBackend):

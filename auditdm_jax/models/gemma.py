@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from auditdm_jax.models import layers
-from auditdm_jax.models.config import GLOBAL, LOCAL, TextConfig
+from auditdm_jax.models.config import LOCAL, TextConfig
 
 _NEG_INF = -2.3819763e38  # large negative, finite in f32 and bf16
 

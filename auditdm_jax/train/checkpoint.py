@@ -65,6 +65,7 @@ from typing import Any, Optional, Union
 import jax
 import orbax.checkpoint as ocp
 
+from auditdm_jax import atomic_io
 from auditdm_jax.train import state as state_lib
 from auditdm_jax.train.config import TrainConfig
 
@@ -104,10 +105,8 @@ def seal_step(step_dir: pathlib.Path) -> None:
   sha256 of every file of a committed step."""
   files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)]
            for p in _step_files(step_dir)}
-  tmp = step_dir / f".{INTEGRITY}.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps({"format": _INTEGRITY_FORMAT, "files": files},
-                            sort_keys=True) + "\n")
-  os.replace(tmp, step_dir / INTEGRITY)
+  atomic_io.write_text(step_dir / INTEGRITY, json.dumps(
+      {"format": _INTEGRITY_FORMAT, "files": files}, sort_keys=True) + "\n")
 
 
 def check_step(step_dir: pathlib.Path, verify: bool = True

@@ -35,6 +35,8 @@ from typing import Any, Optional, Union
 import jax
 import numpy as np
 
+from auditdm_jax import atomic_io
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -145,10 +147,8 @@ class MetricWriter:
     """Writes `summary.json` (replacing an older one) atomically."""
     if not self.enabled:
       return
-    tmp = self.summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(dict(summary)), indent=2,
-                              sort_keys=True) + "\n")
-    os.replace(tmp, self.summary_path)
+    atomic_io.write_json(self.summary_path, _json_safe(dict(summary)),
+                         sort_keys=True)
 
   def flush(self) -> None:
     if self.enabled:
@@ -183,9 +183,7 @@ def truncate_jsonl(path: PathLike, last_step: int) -> None:
         keep.append(line)
     except (ValueError, AttributeError):
       break
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-  os.replace(tmp, path)
+  atomic_io.write_text(path, "".join(l + "\n" for l in keep))
 
 
 def read_jsonl(path: PathLike) -> list[dict]:

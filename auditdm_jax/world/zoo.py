@@ -37,14 +37,14 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from auditdm_jax import atomic_io
 from auditdm_jax.data import world_tfds
 from auditdm_jax.data.world_tokenizer import world_tokenizer
 from auditdm_jax.world import editor
@@ -265,7 +265,7 @@ def train_model(config, name: str, workdir: PathLike) -> dict:
         (run_dir / "summary.json").read_text()).get("train")
   except (OSError, ValueError):
     pass
-  (out / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+  atomic_io.write_json(out / f"{name}.json", info)
   return info
 
 
