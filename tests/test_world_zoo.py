@@ -138,3 +138,21 @@ def test_quick_zoo_trains_exports_and_evaluates(quick, tmp_path):
 def jax_dtype(params):
   import jax
   return jax.tree.leaves(params)[0].dtype
+
+
+def test_zoo_resumes_time_capped_exports_and_skips_finished(quick, tmp_path,
+                                                            monkeypatch):
+  """An export short of total_steps (its max_minutes ran out) trains on."""
+  out = tmp_path / "export"
+  out.mkdir()
+  total = quick.models["target"].total_steps
+  (out / "target.json").write_text(json.dumps({"steps": total - 1}))
+  (out / "auditor.json").write_text(json.dumps(
+      {"steps": quick.models["auditor"].total_steps, "role": "auditor"}))
+  trained = []
+  monkeypatch.setattr(zoo, "train_model", lambda config, name, workdir:
+                      trained.append(name) or {"steps": total})
+  infos = zoo.train_zoo(quick, tmp_path, only=["target", "auditor"])
+  assert trained == ["target"]
+  assert infos["auditor"]["role"] == "auditor"
+  assert infos["target"]["steps"] == total

@@ -271,7 +271,12 @@ def train_model(config, name: str, workdir: PathLike) -> dict:
 
 def train_zoo(config, workdir: PathLike,
               only: Optional[Sequence[str]] = None) -> dict[str, dict]:
-  """Trains every zoo model in turn (skipping exported ones); {name: info}."""
+  """Trains every zoo model in turn; {name: info}.
+
+  A model exported at its config's `total_steps` is skipped. One exported
+  earlier (its per-call `max_minutes` ran out) resumes from its last
+  checkpoint and is exported again, so calling this again continues a zoo.
+  """
   workdir = pathlib.Path(workdir)
   names = model_names(config)
   if only:
@@ -283,9 +288,13 @@ def train_zoo(config, workdir: PathLike,
   for name in names:
     sidecar = export_dir(workdir) / f"{name}.json"
     if sidecar.exists():
-      logging.info("%s already exported: skipped", name)
-      infos[name] = json.loads(sidecar.read_text())
-      continue
+      info = json.loads(sidecar.read_text())
+      if info.get("steps", 0) >= config.models[name].total_steps:
+        logging.info("%s exported at its last step: skipped", name)
+        infos[name] = info
+        continue
+      logging.info("%s exported at step %s of %d: resuming", name,
+                   info.get("steps"), config.models[name].total_steps)
     t0 = time.perf_counter()
     infos[name] = train_model(config, name, workdir)
     print(f"zoo: {name} ({config.models[name].arch}) "
