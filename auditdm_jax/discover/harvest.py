@@ -207,11 +207,6 @@ def rollout_factory(target: Any, references: Sequence[Any], backend: Any,
 # --- Durable files ------------------------------------------------------------
 
 
-def atomic_write(path: pathlib.Path, data: bytes) -> None:
-  """Durable whole-or-nothing write (`atomic_io.write_bytes`, durable)."""
-  atomic_io.write_bytes(path, data, durable=True)
-
-
 def _json_bytes(obj: Any) -> bytes:
   return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode(
       "utf-8")
@@ -366,7 +361,7 @@ class _Workdir:
     return prog
 
   def save_progress(self, prog: dict) -> None:
-    atomic_write(self.progress_path, _json_bytes(prog))
+    atomic_io.write_bytes(self.progress_path, _json_bytes(prog), durable=True)
 
   def shard_path(self, unit: str) -> pathlib.Path:
     return self.shards / f"{unit}.json"
@@ -573,7 +568,7 @@ def harvest(auditors: Sequence[AuditorSpec], sources: Sequence[Any],
                                        trial)}
     stats = shard.pop("stats")
     data = _json_bytes(shard)
-    atomic_write(work.shard_path(unit), data)
+    atomic_io.write_bytes(work.shard_path(unit), data, durable=True)
     prog["units"][unit] = {"auditor": spec.name, "step": spec.step,
                            "chunk": chunk, "sha256": _sha256(data),
                            "stats": stats}
@@ -601,10 +596,10 @@ def _assemble(work: _Workdir, prog: dict, auditors: Sequence[AuditorSpec],
   for unit in units:
     lines.extend(json.dumps(r, sort_keys=True, ensure_ascii=False)
                  for r in work.read_shard(unit, prog["units"][unit])["asked"])
-  atomic_write(out / ASKED, ("".join(l + "\n" for l in lines)).encode(
-      "utf-8"))
+  atomic_io.write_text(out / ASKED, "".join(l + "\n" for l in lines),
+                       durable=True)
   # Last: its presence (with this fingerprint) marks the harvest complete.
-  atomic_write(out / SUMMARY, _json_bytes(summary))
+  atomic_io.write_bytes(out / SUMMARY, _json_bytes(summary), durable=True)
   return _result(out, summary)
 
 

@@ -45,10 +45,6 @@ PathLike = Union[str, os.PathLike]
 _FORMAT = 1
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  atomic_io.write_bytes(path, data, durable=True)
-
-
 class CachedBackend(base.ImageBackend):
   """Wraps `inner`; same interface, same results, fewer inner calls."""
 
@@ -169,8 +165,9 @@ class CachedBackend(base.ImageBackend):
             "png_sha256": hashlib.sha256(data).hexdigest()}
     try:
       png_path.parent.mkdir(parents=True, exist_ok=True)
-      _atomic_write(png_path, data)
-      _atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
+      atomic_io.write_bytes(png_path, data, durable=True)
+      atomic_io.write_bytes(
+          meta_path, json.dumps(meta, sort_keys=True).encode(), durable=True)
     except OSError as e:  # A cache that cannot write is slower, not wrong.
       logging.warning("image cache: cannot write %s: %s", meta_path, e)
 
